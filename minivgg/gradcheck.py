@@ -1,0 +1,144 @@
+"""Gradient checking: hand-written backward passes against centred finite differences.
+
+For a layer f and a fixed random upstream gradient g, the scalar L(x) = sum(f(x) * g) has
+
+    dL/dx = backward(g)                           (what the layer computes)
+    dL/dx_i ~ (L(x + h e_i) - L(x - h e_i)) / 2h  (what we measure; error O(h^2))
+
+Both are compared, tensor by tensor, with the relative error
+
+    err = max_i |a_i - b_i| / max(1e-8, max_i (|a_i| + |b_i|))
+
+which is scale-free and does not blow up on entries that are zero in both. Everything
+runs in float64: in float32 the rounding of L alone (~1e-7 relative) swamps the test.
+A random upstream gradient (not all ones) makes sure every output entry matters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minivgg.backend import asnumpy, get_array_module
+
+
+def relative_error(analytic, numeric) -> float:
+    a, b = np.asarray(analytic, dtype=np.float64), np.asarray(numeric, dtype=np.float64)
+    scale = max(1e-8, float(np.max(np.abs(a) + np.abs(b), initial=0.0)))
+    return float(np.max(np.abs(a - b), initial=0.0)) / scale
+
+
+def _sample(size: int, max_entries: int, rng) -> np.ndarray:
+    """Every flat index of a small tensor, a random sample of a large one."""
+    if size <= max_entries:
+        return np.arange(size)
+    return np.sort(rng.choice(size, max_entries, replace=False))
+
+
+def _freeze_dropout(model, frozen: bool) -> None:
+    """Make dropout layers reuse their mask so L(x) is one fixed function."""
+    layers = [l for _, l in model.named_layers()] if hasattr(model, "named_layers") else [model]
+    for layer in layers:
+        if hasattr(layer, "freeze_mask"):
+            layer.freeze_mask(frozen)
+
+
+def compute_gradients(model, x, loss_fn=None, *, training=True, eps=1e-6, max_entries=100,
+                      seed=0, check_input=True):
+    """Analytic and numeric gradients of L = sum(model(x) * g), or of ``loss_fn`` if given.
+
+    ``loss_fn(y) -> (value, dy)`` replaces the random upstream gradient (used for whole
+    models with a real loss). Returns {name: (indices, analytic, numeric)}.
+    """
+    xp = get_array_module(x)
+    if x.dtype != np.float64:
+        raise TypeError(f"gradcheck: expected a float64 input, got {x.dtype}; finite "
+                        "differences in float32 are too coarse (see lessons/08)")
+    rng = np.random.default_rng(seed)
+    x = x.copy()
+    y = model.forward(x, training)
+    _freeze_dropout(model, True)
+    try:
+        if loss_fn is None:
+            g = xp.asarray(rng.standard_normal(y.shape))
+
+            def objective(out):
+                return float((out * g).sum())
+            upstream = g
+        else:
+            def objective(out):
+                return loss_fn(out)[0]
+            upstream = loss_fn(y)[1]
+        g_copy = upstream.copy()
+        dx = model.backward(upstream)
+        if not bool((upstream == g_copy).all()):
+            raise AssertionError(f"{type(model).__name__}.backward modified the upstream "
+                                 "gradient it was given")
+        tensors = model.named_parameters()
+        analytic = {k: asnumpy(p.grad).copy() for k, p in tensors.items()}
+
+        def loss_at() -> float:
+            return objective(model.forward(x, training))
+
+        results = {}
+        targets = [("input", x, asnumpy(dx))] if check_input else []
+        targets += [(k, p.data, analytic[k]) for k, p in tensors.items()]
+        for name, arr, grad in targets:
+            idx = _sample(arr.size, max_entries, rng)
+            flat = arr.reshape(-1)  # a view: perturbing it perturbs the tensor in place
+            numeric = np.empty(len(idx))
+            for t, i in enumerate(idx):
+                old = float(flat[i])
+                flat[i] = old + eps
+                plus = loss_at()
+                flat[i] = old - eps
+                minus = loss_at()
+                flat[i] = old
+                numeric[t] = (plus - minus) / (2 * eps)
+            results[name] = (idx, grad.reshape(-1)[idx], numeric)
+        return results
+    finally:
+        _freeze_dropout(model, False)
+
+
+def _assert_close(results, tol, what):
+    for name, (idx, analytic, numeric) in results.items():
+        err = relative_error(analytic, numeric)
+        if err > tol:
+            diff = np.abs(analytic - numeric)
+            k = int(np.argmax(diff))
+            raise AssertionError(
+                f"gradient check failed for {what}: tensor {name!r}, flat index {int(idx[k])}: "
+                f"analytic {analytic[k]:.10g}, numeric {numeric[k]:.10g}; "
+                f"relative error {err:.3g} > {tol:g}")
+    return {name: relative_error(a, n) for name, (_, a, n) in results.items()}
+
+
+def check_layer(layer, x, *, training=True, eps=1e-6, tol=1e-7, max_entries=100, seed=0,
+                check_input=True) -> dict[str, float]:
+    """Check a layer's backward against finite differences; return the error per tensor.
+
+    Raises AssertionError naming the tensor, the flat index and the worst error when any
+    tensor's relative error exceeds ``tol``.
+    """
+    results = compute_gradients(layer, x, training=training, eps=eps, max_entries=max_entries,
+                                seed=seed, check_input=check_input)
+    return _assert_close(results, tol, type(layer).__name__)
+
+
+def check_model(model, x, labels=None, *, training=True, eps=1e-6, tol=1e-6, max_entries=20,
+                seed=0, check_input=True) -> dict[str, float]:
+    """Check a whole model, end to end, with softmax cross-entropy when labels are given.
+
+    Samples ``max_entries`` entries from *every* parameter tensor.
+    """
+    loss_fn = None
+    if labels is not None:
+        from minivgg.losses import SoftmaxCrossEntropy
+        criterion = SoftmaxCrossEntropy()
+
+        def loss_fn(out):
+            value = criterion.forward(out, labels)
+            return value, criterion.backward()
+    results = compute_gradients(model, x, loss_fn, training=training, eps=eps,
+                                max_entries=max_entries, seed=seed, check_input=check_input)
+    return _assert_close(results, tol, type(model).__name__)

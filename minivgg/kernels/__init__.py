@@ -1,0 +1,42 @@
+"""Kernel dispatch: one public function per kernel, the implementation picked per call.
+
+A CuPy array always goes to the CUDA kernels (gpu.py). A NumPy array goes to the Numba
+kernels (cpu.py) when the backend is "numba", else to the NumPy reference (reference.py).
+Layers call only these functions, so they never need to know which backend is active.
+"""
+
+from __future__ import annotations
+
+from minivgg.backend import get_backend
+from minivgg.kernels import reference
+from minivgg.kernels.reference import conv_output_size
+
+__all__ = ["im2col", "col2im", "maxpool_forward", "maxpool_backward", "conv_output_size",
+           "implementation"]
+
+
+def implementation(x):
+    """The kernel module that handles array ``x`` under the active backend."""
+    if type(x).__module__.startswith("cupy"):
+        from minivgg.kernels import gpu
+        return gpu
+    if get_backend() == "numba":
+        from minivgg.kernels import cpu
+        return cpu
+    return reference
+
+
+def im2col(x, kh, kw, stride=1, pad=0):
+    return implementation(x).im2col(x, kh, kw, stride, pad)
+
+
+def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
+    return implementation(cols).col2im(cols, x_shape, kh, kw, stride, pad)
+
+
+def maxpool_forward(x, k=2, stride=2):
+    return implementation(x).maxpool_forward(x, k, stride)
+
+
+def maxpool_backward(dout, argmax, x_shape, k=2, stride=2):
+    return implementation(dout).maxpool_backward(dout, argmax, x_shape, k, stride)

@@ -1,0 +1,138 @@
+"""Reference kernels in plain NumPy: the specification every backend must agree with.
+
+These are written to be read. The Numba (cpu.py) and CuPy (gpu.py) kernels compute the
+same functions faster; tests check them against these.
+
+Layouts
+-------
+Images are NCHW. ``im2col`` turns every receptive field of a convolution into one row:
+
+    x      (N, C, H, W)
+    cols   (N * OH * OW, C * kh * kw)     row  = (n, oh, ow)       batch-major, then space
+                                          col  = (c, i, j)         matches weight.reshape(F, -1)
+
+so a convolution is one matrix product, ``cols @ weight.reshape(F, -1).T``, whose result
+(N * OH * OW, F) is the output in NHWC order.
+
+Output sizes follow the floor rule (as PyTorch):  OH = (H + 2 * pad - kh) // stride + 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    """Output length along one axis: floor((size + 2 pad - kernel) / stride) + 1."""
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0):
+    """Unfold the receptive fields of ``x`` (N, C, H, W) into rows: (N*OH*OW, C*kh*kw).
+
+    The loop runs over the kh * kw kernel offsets, not over the output pixels: offset
+    (i, j) of every window is one strided slice of the padded image, so there are only
+    kh * kw slice copies, each of them a whole (N, C, OH, OW) block.
+    """
+    n, c, h, w = x.shape
+    oh = conv_output_size(h, kh, stride, pad)
+    ow = conv_output_size(w, kw, stride, pad)
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
+    cols = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+    # (N, C, kh, kw, OH, OW) -> (N, OH, OW, C, kh, kw) -> rows of receptive fields
+    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, c * kh * kw)
+
+
+def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
+    """Fold rows (N*OH*OW, C*kh*kw) back into an image (N, C, H, W): the adjoint of im2col.
+
+    Where receptive fields overlap (stride < kernel) one input pixel appears in several
+    rows of ``cols``; its gradient is the *sum* of the gradients of all those copies, so
+    col2im accumulates (``+=``) instead of assigning. Padding is cut off at the end: the
+    gradient that flows into the zeros of the border belongs to no input pixel.
+    """
+    n, c, h, w = x_shape
+    oh = conv_output_size(h, kh, stride, pad)
+    ow = conv_output_size(w, kw, stride, pad)
+    cols = cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += cols[:, :, i, j]
+    return xp[:, :, pad:pad + h, pad:pad + w]
+
+
+def maxpool_forward(x, k: int = 2, stride: int = 2):
+    """Max-pooling of ``x`` (N, C, H, W) with a k x k window.
+
+    Returns ``(out, argmax)``, both (N, C, OH, OW). ``argmax`` is the position of the
+    maximum inside its window, i * k + j. When several entries tie, the *first* one in
+    row-major order wins (as in PyTorch), so exactly one input receives the gradient.
+    """
+    n, c, h, w = x.shape
+    oh = conv_output_size(h, k, stride, 0)
+    ow = conv_output_size(w, k, stride, 0)
+    windows = np.empty((k * k, n, c, oh, ow), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            windows[i * k + j] = x[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+    argmax = windows.argmax(axis=0)  # np.argmax returns the first maximum
+    out = np.take_along_axis(windows, argmax[None], axis=0)[0]
+    return out, argmax
+
+
+def maxpool_backward(dout, argmax, x_shape, k: int = 2, stride: int = 2):
+    """Route each output gradient to the input that was the maximum of its window.
+
+    Every other input of the window gets zero. With overlapping windows (stride < k) an
+    input can be the maximum of several windows, so the gradients accumulate.
+    """
+    n, c, oh, ow = dout.shape
+    dx = np.zeros(x_shape, dtype=dout.dtype)
+    for i in range(k):
+        for j in range(k):
+            routed = np.where(argmax == i * k + j, dout, 0)
+            dx[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += routed
+    return dx
+
+
+# -- naive loops: test oracles and teaching material, never used for training --------------
+
+def conv2d_naive(x, weight, bias=None, stride: int = 1, pad: int = 0):
+    """Convolution (cross-correlation, as in every deep-learning library) by plain loops.
+
+    out[n, f, y, x] = bias[f] + sum_{c,i,j} weight[f, c, i, j] * xpad[n, c, y*s + i, x*s + j]
+    """
+    n, c, h, w = x.shape
+    f, _, kh, kw = weight.shape
+    oh = conv_output_size(h, kh, stride, pad)
+    ow = conv_output_size(w, kw, stride, pad)
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out = np.zeros((n, f, oh, ow), dtype=x.dtype)
+    for b in range(n):
+        for o in range(f):
+            for y in range(oh):
+                for z in range(ow):
+                    patch = xp[b, :, y * stride:y * stride + kh, z * stride:z * stride + kw]
+                    out[b, o, y, z] = np.sum(patch * weight[o])
+            if bias is not None:
+                out[b, o] += bias[o]
+    return out
+
+
+def maxpool_naive(x, k: int = 2, stride: int = 2):
+    """Max-pooling by plain loops: out[n, c, y, x] = max of the k x k window."""
+    n, c, h, w = x.shape
+    oh = conv_output_size(h, k, stride, 0)
+    ow = conv_output_size(w, k, stride, 0)
+    out = np.empty((n, c, oh, ow), dtype=x.dtype)
+    for b in range(n):
+        for ch in range(c):
+            for y in range(oh):
+                for z in range(ow):
+                    out[b, ch, y, z] = x[b, ch, y * stride:y * stride + k,
+                                         z * stride:z * stride + k].max()
+    return out

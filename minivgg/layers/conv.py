@@ -1,0 +1,102 @@
+"""2-D convolution by im2col + one matrix product (GEMM)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minivgg import kernels
+from minivgg.layers.base import Layer, Parameter, he_normal
+
+
+class Conv2D(Layer):
+    """Convolution of an NCHW batch with F filters of size C x kh x kw.
+
+    Shapes::
+
+        x       (N, C, H, W)
+        weight  (F, C, kh, kw)          bias (F,)
+        y       (N, F, OH, OW)          OH = (H + 2 pad - kh) // stride + 1
+
+    Forward, with ``cols = im2col(x)`` of shape (N*OH*OW, C*kh*kw) and ``Wm`` the weight
+    flattened to (F, C*kh*kw)::
+
+        Y = cols @ Wm.T + bias          (N*OH*OW, F), i.e. y in NHWC order
+
+    Backward, with ``dY`` the upstream gradient in the same (N*OH*OW, F) layout::
+
+        dWm   = dY.T @ cols             every filter sees every receptive field
+        dbias = dY.sum(axis=0)
+        dcols = dY @ Wm                 then dx = col2im(dcols): overlapping fields add up
+
+    ``padding`` is an integer or "same" (keeps H and W at stride 1 for odd kernels).
+    Weights start He-normal with fan-out F*kh*kw (as torchvision), biases at zero.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 stride: int = 1, padding: int | str = 1, bias: bool = True,
+                 rng: np.random.Generator | None = None, dtype=np.float32):
+        if padding == "same":
+            if kernel_size % 2 == 0:
+                raise ValueError(f"Conv2D: padding='same' needs an odd kernel_size, "
+                                 f"got {kernel_size}")
+            padding = kernel_size // 2
+        if not isinstance(padding, (int, np.integer)) or padding < 0:
+            raise ValueError(f"Conv2D: padding must be a non-negative int or 'same', "
+                             f"got {padding!r}")
+        if stride < 1 or kernel_size < 1:
+            raise ValueError(f"Conv2D: kernel_size and stride must be >= 1, "
+                             f"got {kernel_size} and {stride}")
+        rng = np.random.default_rng() if rng is None else rng
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, int(padding)
+        k = kernel_size
+        self.weight = Parameter(he_normal((out_channels, in_channels, k, k),
+                                          fan=out_channels * k * k, rng=rng, dtype=dtype))
+        self.bias = Parameter(np.zeros(out_channels, dtype=dtype), decay=False) if bias else None
+        self.cache = None
+
+    def output_shape(self, input_shape):
+        """(C, H, W) -> (F, OH, OW), with the floor rule."""
+        _, h, w = input_shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        return (self.out_channels, kernels.conv_output_size(h, k, s, p),
+                kernels.conv_output_size(w, k, s, p))
+
+    def forward(self, x, training=True):
+        self._check_input(x, 4, "(N, C, H, W)")
+        n, c, h, w = x.shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        if c != self.in_channels:
+            self._fail(f"expected {self.in_channels} input channels, got input of shape "
+                       f"{tuple(x.shape)} with {c}")
+        if h + 2 * p < k or w + 2 * p < k:
+            self._fail(f"kernel {k}x{k} is larger than the padded input {h + 2 * p}x{w + 2 * p} "
+                       f"(input {h}x{w}, padding {p})")
+        self._check_dtype(x, self.weight.data)
+        _, oh, ow = self.output_shape((c, h, w))
+        cols = kernels.im2col(x, k, k, s, p)                       # (N*OH*OW, C*k*k)
+        wm = self.weight.data.reshape(self.out_channels, -1)       # (F, C*k*k)
+        y = cols @ wm.T                                            # (N*OH*OW, F)
+        if self.bias is not None:
+            y += self.bias.data
+        if training:
+            self.cache = (cols, x.shape)
+        # NHWC rows -> NCHW view: no copy here; the next layer reads it through strides
+        return y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
+
+    def backward(self, dout):
+        cols, x_shape = self._cached(self.cache)
+        k, s, p = self.kernel_size, self.stride, self.padding
+        dy = dout.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)   # (N*OH*OW, F)
+        wm = self.weight.data.reshape(self.out_channels, -1)
+        self.weight.grad[...] = (dy.T @ cols).reshape(self.weight.data.shape)
+        if self.bias is not None:
+            self.bias.grad[...] = dy.sum(axis=0)
+        dcols = dy @ wm                                                   # (N*OH*OW, C*k*k)
+        self.cache = None
+        return kernels.col2im(dcols, x_shape, k, k, s, p)
+
+    def __repr__(self):
+        return (f"Conv2D({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding})")
+

@@ -1,0 +1,59 @@
+"""Fully connected (dense) layer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minivgg.layers.base import Layer, Parameter
+
+
+class Dense(Layer):
+    """An affine map of a batch of vectors.
+
+    Shapes::
+
+        x (N, D)   weight (D, M)   bias (M,)   ->   y (N, M)
+
+        y      = x @ weight + bias
+        dW     = x.T @ dout          (D, M)
+        dbias  = dout.sum(axis=0)    (M,)
+        dx     = dout @ weight.T     (N, D)
+
+    Weights start from N(0, 0.01^2) and biases at zero (torchvision's VGG initialisation).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 rng: np.random.Generator | None = None, dtype=np.float32, std: float = 0.01):
+        rng = np.random.default_rng() if rng is None else rng
+        self.in_features, self.out_features = in_features, out_features
+        w = rng.standard_normal((in_features, out_features)) * std
+        self.weight = Parameter(w.astype(dtype))
+        self.bias = Parameter(np.zeros(out_features, dtype=dtype), decay=False) if bias else None
+        self.cache = None
+
+    def output_shape(self, input_shape):
+        return (self.out_features,)
+
+    def forward(self, x, training=True):
+        self._check_input(x, 2, "(N, in_features)")
+        if x.shape[1] != self.in_features:
+            self._fail(f"expected {self.in_features} input features, got input of shape "
+                       f"{tuple(x.shape)} with {x.shape[1]}")
+        self._check_dtype(x, self.weight.data)
+        y = x @ self.weight.data
+        if self.bias is not None:
+            y += self.bias.data
+        if training:
+            self.cache = x
+        return y
+
+    def backward(self, dout):
+        x = self._cached(self.cache)
+        self.cache = None
+        self.weight.grad[...] = x.T @ dout
+        if self.bias is not None:
+            self.bias.grad[...] = dout.sum(axis=0)
+        return dout @ self.weight.data.T
+
+    def __repr__(self):
+        return f"Dense({self.in_features}, {self.out_features})"

@@ -1,0 +1,122 @@
+"""Sequential: layers applied one after another, gradients passed back in reverse."""
+
+from __future__ import annotations
+
+from minivgg.backend import asnumpy, get_array_module
+from minivgg.layers.base import Layer
+
+
+class Sequential(Layer):
+    """A chain of layers. Children are named "0", "1", ... or by the names given.
+
+        model = Sequential(Conv2D(3, 8), ReLU(), MaxPool2D())
+        model = Sequential(("features", Sequential(...)), ("classifier", Sequential(...)))
+
+    Parameter names join the path with dots, e.g. ``features.0.weight``: stable,
+    human-readable keys for ``state_dict()``.
+    """
+
+    def __init__(self, *layers):
+        self.names, self.layers = [], []
+        for i, item in enumerate(layers):
+            name, layer = item if isinstance(item, tuple) else (str(i), item)
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: item {name!r} is a {type(layer).__name__}, "
+                                "not a Layer")
+            self.names.append(name)
+            self.layers.append(layer)
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        if isinstance(i, str):
+            return self.layers[self.names.index(i)]
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def forward(self, x, training=True):
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dout):
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
+
+    def output_shape(self, input_shape):
+        for layer in self.layers:
+            input_shape = layer.output_shape(input_shape)
+        return input_shape
+
+    # -- walking the tree -----------------------------------------------------------------
+    def named_layers(self, prefix: str = ""):
+        """Yield (dotted name, layer) for every leaf layer, depth first."""
+        for name, layer in zip(self.names, self.layers):
+            path = f"{prefix}{name}"
+            if isinstance(layer, Sequential):
+                yield from layer.named_layers(path + ".")
+            else:
+                yield path, layer
+
+    def named_parameters(self):
+        return {f"{path}.{k}": p for path, layer in self.named_layers()
+                for k, p in layer.named_parameters().items()}
+
+    def named_buffers(self):
+        return {f"{path}.{k}": b for path, layer in self.named_layers()
+                for k, b in layer.named_buffers().items()}
+
+    def _set_buffer(self, name, value):
+        path, attr = name.rsplit(".", 1)
+        dict(self.named_layers())[path]._set_buffer(attr, value)
+
+    # -- saving and loading ---------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Every parameter and buffer as a host NumPy array (a copy), by dotted name."""
+        state = {k: asnumpy(p.data).copy() for k, p in self.named_parameters().items()}
+        state.update({k: asnumpy(b).copy() for k, b in self.named_buffers().items()})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy arrays into the model; fail listing every missing, extra or mis-shaped key."""
+        params, buffers = self.named_parameters(), self.named_buffers()
+        expected = {k: tuple(p.data.shape) for k, p in params.items()}
+        expected.update({k: tuple(b.shape) for k, b in buffers.items()})
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        misshaped = [f"{k}: got {tuple(state[k].shape)}, expected {expected[k]}"
+                     for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+        if missing or unexpected or misshaped:
+            lines = ["Sequential.load_state_dict: the state does not fit this model"]
+            if missing:
+                lines.append(f"  missing keys: {', '.join(missing)}")
+            if unexpected:
+                lines.append(f"  unexpected keys: {', '.join(unexpected)}")
+            if misshaped:
+                lines.append(f"  mis-shaped: {'; '.join(misshaped)}")
+            raise ValueError("\n".join(lines))
+        for k, p in params.items():
+            xp = get_array_module(p.data)
+            p.data = xp.asarray(state[k], dtype=p.data.dtype).copy()
+        for k, b in buffers.items():
+            xp = get_array_module(b)
+            self._set_buffer(k, xp.asarray(state[k], dtype=b.dtype).copy())
+
+    def astype(self, dtype):
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    def to(self, device):
+        for layer in self.layers:
+            layer.to(device)
+        return self
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({n}) " + repr(layer).replace("\n", "\n  ")
+                          for n, layer in zip(self.names, self.layers))
+        return f"Sequential(\n{inner}\n)"
