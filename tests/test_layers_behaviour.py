@@ -1,0 +1,92 @@
+"""What layers promise besides their gradients: dtypes, masks, modes, parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minivgg.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, Parameter, ReLU
+
+
+def _layers(dtype):
+    return [
+        (Conv2D(2, 3).astype(dtype), (2, 2, 5, 5)),
+        (MaxPool2D(), (2, 2, 5, 5)),
+        (ReLU(), (2, 2, 5, 5)),
+        (Dense(4, 3).astype(dtype), (2, 4)),
+        (Dropout(0.5, rng=np.random.default_rng(0)), (2, 4)),
+        (Flatten(), (2, 2, 3, 3)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layers_keep_dtype_and_leave_upstream_gradient_alone(rng, dtype):
+    for layer, shape in _layers(dtype):
+        x = rng.standard_normal(shape).astype(dtype)
+        x_before = x.copy()
+        y = layer.forward(x, training=True)
+        assert y.dtype == dtype, type(layer).__name__
+        dout = rng.standard_normal(y.shape).astype(dtype)
+        dout_before = dout.copy()
+        dx = layer.backward(dout)
+        assert dx.dtype == dtype and dx.shape == x.shape, type(layer).__name__
+        np.testing.assert_array_equal(dout, dout_before, err_msg=type(layer).__name__)
+        np.testing.assert_array_equal(x, x_before, err_msg=type(layer).__name__)
+        for p in layer.parameters():
+            assert p.grad.dtype == dtype and p.grad.shape == p.data.shape
+
+
+def test_dropout_training_with_a_fixed_mask(rng):
+    x = rng.standard_normal((50, 40)) + 3.0
+    layer = Dropout(0.25, rng=np.random.default_rng(7))
+    y = layer.forward(x, training=True)
+    kept = y != 0
+    np.testing.assert_allclose(y[kept], x[kept] / 0.75)       # inverted scaling
+    assert abs(kept.mean() - 0.75) < 0.03                      # about 1 - p kept
+    np.testing.assert_allclose(layer.backward(np.ones_like(x)), kept / 0.75)
+    layer.freeze_mask()
+    np.testing.assert_array_equal(layer.forward(x, training=True), y)  # same mask reused
+    layer.freeze_mask(False)
+    assert not np.array_equal(layer.forward(x, training=True), y)     # a fresh mask
+
+
+def test_dropout_is_seeded_and_off_in_evaluation(rng):
+    x = rng.standard_normal((10, 10))
+    a = Dropout(0.5, rng=np.random.default_rng(3)).forward(x)
+    b = Dropout(0.5, rng=np.random.default_rng(3)).forward(x)
+    np.testing.assert_array_equal(a, b)
+    assert Dropout(0.5).forward(x, training=False) is x
+
+
+def test_dropout_keeps_the_expected_value():
+    x = np.ones((200, 500))
+    y = Dropout(0.5, rng=np.random.default_rng(0)).forward(x)
+    assert abs(y.mean() - 1.0) < 0.01
+
+
+def test_relu_values_and_mask():
+    x = np.array([[-2.0, -0.5, 0.5, 2.0]])
+    layer = ReLU()
+    np.testing.assert_array_equal(layer.forward(x), [[0, 0, 0.5, 2.0]])
+    np.testing.assert_array_equal(layer.backward(np.full_like(x, 3.0)), [[0, 0, 3.0, 3.0]])
+
+
+def test_parameters_and_initialisation():
+    conv = Conv2D(16, 32, rng=np.random.default_rng(0))
+    assert conv.weight.shape == (32, 16, 3, 3) and conv.bias.shape == (32,)
+    assert conv.weight.data.dtype == np.float32
+    assert conv.weight.data.std() == pytest.approx(np.sqrt(2 / (32 * 9)), rel=0.05)  # He fan-out
+    assert not conv.bias.data.any() and conv.bias.decay is False
+    dense = Dense(300, 200, rng=np.random.default_rng(0))
+    assert dense.weight.shape == (300, 200)
+    assert dense.weight.data.std() == pytest.approx(0.01, rel=0.05)
+    assert [type(p) for p in dense.parameters()] == [Parameter, Parameter]
+    assert Conv2D(3, 4, bias=False).parameters()[0] is not None
+    assert len(Conv2D(3, 4, bias=False).parameters()) == 1
+
+
+def test_same_padding_keeps_the_size(rng):
+    for k in (1, 3, 5):
+        conv = Conv2D(2, 2, kernel_size=k, padding="same")
+        assert conv.forward(rng.standard_normal((1, 2, 9, 9)).astype(np.float32)).shape == \
+            (1, 2, 9, 9)
