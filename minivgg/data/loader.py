@@ -1,0 +1,118 @@
+"""Mini-batches for training: shuffled, augmented, converted to float32, optionally on the GPU.
+
+A batch is gathered with one fancy-indexing copy (``images[indices]``) and transformed as a
+whole, so no Python loop runs per sample. Batches are float32 NCHW images and int64 labels.
+
+Reproducibility: epoch ``e`` draws its order and its augmentations from a generator seeded
+by ``(seed, e)``. Iterating again moves to the next epoch by itself; ``set_epoch(e)`` jumps
+to epoch ``e``, which is how a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+
+from minivgg.backend import to_device
+
+
+class DataLoader:
+    """Iterate over (images, labels) in mini-batches.
+
+    images:    uint8 or float array (N, C, H, W); labels: integer array (N,)
+    transform: called as ``transform(batch, rng)`` on each batch (see transforms.py);
+               a uint8 result is scaled to [0, 1], a float result is used as it is
+    drop_last: skip the final batch when it is smaller than ``batch_size``
+    device:    move each batch to the active backend's device (CuPy on the GPU backend)
+    prefetch:  prepare the next batch(es) in a background thread while the current one is
+               used (0 turns it off); NumPy releases the GIL for most of the copying
+    """
+
+    def __init__(self, images, labels, batch_size: int = 128, shuffle: bool = True,
+                 transform=None, drop_last: bool = False, seed: int = 0,
+                 device: bool = False, prefetch: int = 0):
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim != 4 or labels.shape != (len(images),):
+            raise ValueError(f"DataLoader: need images (N, C, H, W) and labels (N,); got "
+                             f"images {images.shape} and labels {labels.shape}")
+        if batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be >= 1; got {batch_size}")
+        self.images, self.labels = images, labels.astype(np.int64, copy=False)
+        self.batch_size, self.shuffle, self.transform = batch_size, shuffle, transform
+        self.drop_last, self.seed, self.device, self.prefetch = drop_last, seed, device, prefetch
+        self.epoch = 0  # the epoch the next iteration will produce
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        n, b = len(self.images), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration produce epoch ``epoch`` (its order and augmentations)."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        order_rng, augment_rng = (np.random.default_rng(s) for s in
+                                  np.random.SeedSequence([self.seed, self.epoch]).spawn(2))
+        self.epoch += 1
+        batches = self._batches(order_rng, augment_rng)
+        return _prefetched(batches, self.prefetch) if self.prefetch > 0 else batches
+
+    def _batches(self, order_rng, augment_rng):
+        n = len(self.images)
+        order = order_rng.permutation(n) if self.shuffle else np.arange(n)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = self.images[idx]
+            if self.transform is not None:
+                x = self.transform(x, augment_rng)
+            x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+            y = self.labels[idx]
+            if self.device:
+                x, y = to_device(x), to_device(y)
+            yield x, y
+
+
+def _prefetched(batches, depth: int):
+    """Run the generator ``batches`` in a background thread, ``depth`` items ahead.
+
+    The consumer may stop early (break out of its loop): closing this generator sets
+    ``stop``, which the producer checks between items, so the thread always ends.
+    Exceptions in the producer are re-raised in the consumer.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        """Queue ``item``, waiting for room; give up (False) once the consumer has left."""
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce():
+        try:
+            for item in batches:
+                if not put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+            return
+        put(done)
+
+    thread = threading.Thread(target=produce, name="DataLoader-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
