@@ -3,6 +3,9 @@
 A CuPy array always goes to the CUDA kernels (gpu.py). A NumPy array goes to the Numba
 kernels (cpu.py) when the backend is "numba", else to the NumPy reference (reference.py).
 Layers call only these functions, so they never need to know which backend is active.
+
+Every implementation takes and returns *logically* NCHW arrays with the reference's
+shapes, dtypes and values; the fast ones may return NCHW views of NHWC memory (layout.py).
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from minivgg.backend import get_backend
 from minivgg.kernels import reference
 from minivgg.kernels.reference import conv_output_size
 
-__all__ = ["im2col", "col2im", "maxpool_forward", "maxpool_backward", "conv_output_size",
-           "implementation"]
+__all__ = ["im2col", "col2im", "maxpool_forward", "maxpool_backward", "relu_forward",
+           "relu_backward", "conv_output_size", "implementation"]
 
 
 def implementation(x):
@@ -40,3 +43,11 @@ def maxpool_forward(x, k=2, stride=2):
 
 def maxpool_backward(dout, argmax, x_shape, k=2, stride=2):
     return implementation(dout).maxpool_backward(dout, argmax, x_shape, k, stride)
+
+
+def relu_forward(x):
+    return implementation(x).relu_forward(x)
+
+
+def relu_backward(dout, mask):
+    return implementation(dout).relu_backward(dout, mask)

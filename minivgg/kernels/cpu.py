@@ -1,5 +1,203 @@
-"""Numba kernels for the CPU (placeholder until the Numba kernels land: uses the reference)."""
+"""Numba kernels for the CPU: the functions of reference.py, compiled and parallel.
 
-from minivgg.kernels.reference import col2im, im2col, maxpool_backward, maxpool_forward
+Same signatures, same results as the reference kernels (tests/test_kernels.py checks it).
+What differs is the memory layout behind the logical NCHW arrays (see layout.py): every
+kernel here reads and writes C-contiguous NHWC buffers, so
 
-__all__ = ["im2col", "col2im", "maxpool_forward", "maxpool_backward"]
+- the output of a convolution's GEMM, already NHWC, flows through ReLU and pooling
+  without a single transpose, and the arrays returned are NCHW *views* of NHWC memory;
+- the innermost loop of every kernel runs over channels, which are contiguous.
+
+Design rules, each for a measured reason (notes/cpu-performance.md):
+
+- ``parallel=True`` with ``prange`` over the batch (times rows, so a batch of one still
+  splits); ``cache=True`` so a warm start loads compiled code instead of recompiling.
+- col2im and max-pool backward are *gathers*: each input pixel sums the column entries
+  (window gradients) that read it. No two threads write the same place, so no atomics and
+  no zero-fill of the output; and the sum runs in the reference's (i, j) order, starting
+  from zero, so the result is bit-for-bit the reference's.
+- No fastmath: it would let LLVM reorder sums and change results.
+- The GEMMs stay in NumPy (OpenBLAS); these kernels are everything around them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from minivgg.backend import configure_numba_threads
+from minivgg.kernels.layout import as_nhwc, in_order, memory_order, nchw
+from minivgg.kernels.reference import conv_output_size
+
+configure_numba_threads()  # before the first parallel kernel runs
+
+__all__ = ["im2col", "col2im", "maxpool_forward", "maxpool_backward",
+           "relu_forward", "relu_backward"]
+
+
+# -- compiled loops (all on C-contiguous NHWC arrays) -----------------------------------------
+
+@njit(parallel=True, cache=True)
+def _im2col_nhwc(x, kh, kw, stride, pad, oh, ow, cols):
+    n, h, w, c = x.shape
+    kk = kh * kw
+    for t in prange(n * oh):
+        b, y0 = t // oh, t % oh
+        for ox in range(ow):
+            row = t * ow + ox
+            for i in range(kh):
+                y = y0 * stride + i - pad
+                for j in range(kw):
+                    z = ox * stride + j - pad
+                    col = i * kw + j
+                    if 0 <= y < h and 0 <= z < w:
+                        for ch in range(c):
+                            cols[row, ch * kk + col] = x[b, y, z, ch]
+                    else:
+                        for ch in range(c):
+                            cols[row, ch * kk + col] = 0
+
+
+@njit(parallel=True, cache=True)
+def _col2im_nhwc(cols, kh, kw, stride, pad, oh, ow, zero, dx):
+    n, h, w, c = dx.shape
+    kk = kh * kw
+    for t in prange(n * h):
+        b, y = t // h, t % h
+        for z in range(w):
+            for ch in range(c):
+                acc = zero
+                for i in range(kh):          # same (i, j) order as the reference's loop
+                    ty = y + pad - i
+                    if ty < 0 or ty % stride != 0 or ty // stride >= oh:
+                        continue
+                    for j in range(kw):
+                        tz = z + pad - j
+                        if tz < 0 or tz % stride != 0 or tz // stride >= ow:
+                            continue
+                        row = (b * oh + ty // stride) * ow + tz // stride
+                        acc += cols[row, ch * kk + i * kw + j]
+                dx[b, y, z, ch] = acc
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_forward_nhwc(x, k, stride, out, argmax):
+    n, oh, ow, c = out.shape
+    for t in prange(n * oh):
+        b, y = t // oh, t % oh
+        for z in range(ow):
+            y0, z0 = y * stride, z * stride
+            for ch in range(c):
+                out[b, y, z, ch] = x[b, y0, z0, ch]
+                argmax[b, y, z, ch] = 0
+            for i in range(k):
+                for j in range(k):
+                    if i == 0 and j == 0:
+                        continue
+                    for ch in range(c):
+                        v = x[b, y0 + i, z0 + j, ch]
+                        best = out[b, y, z, ch]
+                        # strictly greater: the first maximum wins; a NaN wins like np.argmax
+                        if v > best or (v != v and best == best):
+                            out[b, y, z, ch] = v
+                            argmax[b, y, z, ch] = i * k + j
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_backward_nhwc(dout, argmax, k, stride, zero, dx):
+    n, h, w, c = dx.shape
+    _, oh, ow, _ = dout.shape
+    for t in prange(n * h):
+        b, y = t // h, t % h
+        for z in range(w):
+            for ch in range(c):
+                acc = zero
+                for i in range(k):
+                    ty = y - i
+                    if ty < 0 or ty % stride != 0 or ty // stride >= oh:
+                        continue
+                    for j in range(k):
+                        tz = z - j
+                        if tz < 0 or tz % stride != 0 or tz // stride >= ow:
+                            continue
+                        if argmax[b, ty // stride, tz // stride, ch] == i * k + j:
+                            acc += dout[b, ty // stride, tz // stride, ch]
+                dx[b, y, z, ch] = acc
+
+
+@njit(parallel=True, cache=True)
+def _relu_forward_flat(x, y, mask):
+    for i in prange(x.size):
+        v = x[i]
+        keep = v > 0
+        mask[i] = keep
+        y[i] = v if keep else 0
+
+
+@njit(parallel=True, cache=True)
+def _relu_backward_flat(dout, mask, dx):
+    for i in prange(dout.size):
+        dx[i] = dout[i] if mask[i] else 0
+
+
+# -- public functions: the reference's signatures -----------------------------------------------
+
+def im2col(x, kh, kw, stride=1, pad=0):
+    """Receptive fields of ``x`` (N, C, H, W) as rows (N*OH*OW, C*kh*kw); see reference.py."""
+    n, c, h, w = x.shape
+    oh, ow = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
+    cols = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype)
+    _im2col_nhwc(as_nhwc(x), kh, kw, stride, pad, oh, ow, cols)
+    return cols
+
+
+def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
+    """Fold rows back into an image (N, C, H, W), summing overlaps; an NCHW view of NHWC."""
+    n, c, h, w = x_shape
+    oh, ow = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
+    dx = np.empty((n, h, w, c), dtype=cols.dtype)
+    _col2im_nhwc(np.ascontiguousarray(cols), kh, kw, stride, pad, oh, ow,
+                 cols.dtype.type(0), dx)
+    return nchw(dx)
+
+
+def _argmax_dtype(k):
+    return np.uint8 if k * k <= 256 else np.int32
+
+
+def maxpool_forward(x, k=2, stride=2):
+    """Max-pooling; returns ``(out, argmax)`` as NCHW views of NHWC buffers.
+
+    ``argmax`` is compact (uint8 for windows up to 16 x 16) and holds i * k + j.
+    """
+    n, c, h, w = x.shape
+    oh, ow = conv_output_size(h, k, stride, 0), conv_output_size(w, k, stride, 0)
+    out = np.empty((n, oh, ow, c), dtype=x.dtype)
+    argmax = np.empty((n, oh, ow, c), dtype=_argmax_dtype(k))
+    _maxpool_forward_nhwc(as_nhwc(x), k, stride, out, argmax)
+    return nchw(out), nchw(argmax)
+
+
+def maxpool_backward(dout, argmax, x_shape, k=2, stride=2):
+    """Route each window's gradient to its maximum (a gather over windows); NCHW view."""
+    n, c, h, w = x_shape
+    dx = np.empty((n, h, w, c), dtype=dout.dtype)
+    _maxpool_backward_nhwc(as_nhwc(dout), as_nhwc(argmax), k, stride, dout.dtype.type(0), dx)
+    return nchw(dx)
+
+
+def relu_forward(x):
+    """``(max(x, 0), x > 0)`` in one pass over memory; outputs keep the layout of ``x``."""
+    flat, restore, _ = memory_order(x)
+    y = np.empty_like(flat)
+    mask = np.empty(flat.shape, dtype=np.bool_)
+    _relu_forward_flat(flat, y, mask)
+    return restore(y), restore(mask)
+
+
+def relu_backward(dout, mask):
+    """``dout * [x > 0]`` in one pass over memory; keeps the layout of ``dout``."""
+    flat, restore, perm = memory_order(dout)
+    dx = np.empty_like(flat)
+    _relu_backward_flat(flat, in_order(mask, perm), dx)
+    return restore(dx)

@@ -99,6 +99,20 @@ def maxpool_backward(dout, argmax, x_shape, k: int = 2, stride: int = 2):
     return dx
 
 
+def relu_forward(x):
+    """Rectified linear unit: ``y = max(x, 0)`` and the mask ``x > 0`` backward needs.
+
+    Returns ``(y, mask)``, both shaped like ``x``; mask is boolean (one byte per entry).
+    """
+    mask = x > 0
+    return np.where(mask, x, np.zeros((), dtype=x.dtype)), mask
+
+
+def relu_backward(dout, mask):
+    """Gradient of ReLU: ``dx = dout * [x > 0]`` (the derivative at exactly 0 is taken as 0)."""
+    return np.where(mask, dout, np.zeros((), dtype=dout.dtype))
+
+
 # -- naive loops: test oracles and teaching material, never used for training --------------
 
 def conv2d_naive(x, weight, bias=None, stride: int = 1, pad: int = 0):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivgg import kernels
+from minivgg.backend import get_array_module
 from minivgg.layers.base import Layer, Parameter, he_normal
 
 
@@ -30,6 +31,14 @@ class Conv2D(Layer):
 
     ``padding`` is an integer or "same" (keeps H and W at stride 1 for odd kernels).
     Weights start He-normal with fan-out F*kh*kw (as torchvision), biases at zero.
+
+    ``input_grad = False`` skips ``dcols`` and ``col2im`` (a third of the layer's backward)
+    and makes ``backward`` return None: right for the first layer of a network, whose input
+    is the data and needs no gradient.
+
+    Layout: ``Y`` is NHWC memory, returned as an NCHW *view* (no transpose is copied); the
+    kernels read such views directly. Backward writes ``dcols`` into the cached ``cols``
+    buffer, which is no longer needed once ``dWm`` is computed.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
@@ -53,6 +62,7 @@ class Conv2D(Layer):
         self.weight = Parameter(he_normal((out_channels, in_channels, k, k),
                                           fan=out_channels * k * k, rng=rng, dtype=dtype))
         self.bias = Parameter(np.zeros(out_channels, dtype=dtype), decay=False) if bias else None
+        self.input_grad = True
         self.cache = None
 
     def output_shape(self, input_shape):
@@ -86,14 +96,21 @@ class Conv2D(Layer):
 
     def backward(self, dout):
         cols, x_shape = self._cached(self.cache)
-        k, s, p = self.kernel_size, self.stride, self.padding
-        dy = dout.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)   # (N*OH*OW, F)
-        wm = self.weight.data.reshape(self.out_channels, -1)
-        self.weight.grad[...] = (dy.T @ cols).reshape(self.weight.data.shape)
+        self.cache = None
+        xp = get_array_module(dout)
+        k, s, p, f = self.kernel_size, self.stride, self.padding, self.out_channels
+        dy = dout.transpose(0, 2, 3, 1).reshape(-1, f)         # (N*OH*OW, F): free if NHWC
+        wm = self.weight.data.reshape(f, -1)
+        grad = self.weight.grad
+        if grad.flags.c_contiguous:                              # dWm = dY.T @ cols, in place
+            xp.matmul(dy.T, cols, out=grad.reshape(f, -1))
+        else:
+            grad[...] = (dy.T @ cols).reshape(grad.shape)
         if self.bias is not None:
             self.bias.grad[...] = dy.sum(axis=0)
-        dcols = dy @ wm                                                   # (N*OH*OW, C*k*k)
-        self.cache = None
+        if not self.input_grad:
+            return None
+        dcols = xp.matmul(dy, wm, out=cols if cols.flags.c_contiguous else None)
         return kernels.col2im(dcols, x_shape, k, k, s, p)
 
     def __repr__(self):
