@@ -1,5 +1,6 @@
 """Models: the Sequential container and the VGG family."""
 
 from minivgg.models.sequential import Sequential
+from minivgg.models.vgg import ALIASES, VGG_CONFIGS, vgg
 
-__all__ = ["Sequential"]
+__all__ = ["Sequential", "vgg", "VGG_CONFIGS", "ALIASES"]

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from minivgg.backend import asnumpy, get_array_module
 from minivgg.layers.base import Layer
+
+
+def layer_output_shape(layer, input_shape):
+    """``layer.output_shape(input_shape)``; layers without one (ReLU, Dropout) keep the shape."""
+    method = getattr(layer, "output_shape", None)
+    return tuple(input_shape) if method is None else tuple(method(tuple(input_shape)))
 
 
 class Sequential(Layer):
@@ -23,6 +31,12 @@ class Sequential(Layer):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: item {name!r} is a {type(layer).__name__}, "
                                 "not a Layer")
+            if not isinstance(name, str) or not name or "." in name:
+                raise ValueError(f"Sequential: child name {name!r} must be a non-empty "
+                                 "string without dots (dots join the names of nested layers)")
+            if name in self.names:
+                raise ValueError(f"Sequential: two children are named {name!r}; "
+                                 "names must be unique")
             self.names.append(name)
             self.layers.append(layer)
 
@@ -48,9 +62,26 @@ class Sequential(Layer):
         return dout
 
     def output_shape(self, input_shape):
+        """The shape of one example's output, (C, H, W) in, without running anything."""
         for layer in self.layers:
-            input_shape = layer.output_shape(input_shape)
+            input_shape = layer_output_shape(layer, input_shape)
         return input_shape
+
+    def summary(self, input_shape, print_fn=print):
+        """Print a table of layers, output shapes, parameters and multiply-accumulates.
+
+        ``input_shape`` is one example's shape, e.g. (3, 224, 224). Returns a
+        ``minivgg.summary.Summary`` (its ``str`` is the table; totals as attributes).
+        """
+        from minivgg.summary import summarize
+        result = summarize(self, input_shape)
+        if print_fn is not None:
+            print_fn(str(result))
+        return result
+
+    def num_parameters(self) -> int:
+        """The number of trainable scalars (buffers such as running statistics excluded)."""
+        return sum(int(p.data.size) for p in self.parameters())
 
     # -- walking the tree -----------------------------------------------------------------
     def named_layers(self, prefix: str = ""):
@@ -88,8 +119,8 @@ class Sequential(Layer):
         expected.update({k: tuple(b.shape) for k, b in buffers.items()})
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
-        misshaped = [f"{k}: got {tuple(state[k].shape)}, expected {expected[k]}"
-                     for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+        misshaped = [f"{k}: got {tuple(np.shape(state[k]))}, expected {expected[k]}"
+                     for k in expected if k in state and tuple(np.shape(state[k])) != expected[k]]
         if missing or unexpected or misshaped:
             lines = ["Sequential.load_state_dict: the state does not fit this model"]
             if missing:
@@ -99,12 +130,11 @@ class Sequential(Layer):
             if misshaped:
                 lines.append(f"  mis-shaped: {'; '.join(misshaped)}")
             raise ValueError("\n".join(lines))
+        # copy in place: the arrays keep their identity, dtype and device
         for k, p in params.items():
-            xp = get_array_module(p.data)
-            p.data = xp.asarray(state[k], dtype=p.data.dtype).copy()
+            p.data[...] = get_array_module(p.data).asarray(state[k], dtype=p.data.dtype)
         for k, b in buffers.items():
-            xp = get_array_module(b)
-            self._set_buffer(k, xp.asarray(state[k], dtype=b.dtype).copy())
+            b[...] = get_array_module(b).asarray(state[k], dtype=b.dtype)
 
     def astype(self, dtype):
         for layer in self.layers:
