@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minivgg.data import DownloadError, UnsafeArchiveError, load_cifar10, load_dataset
+from minivgg.data import (
+    DownloadError,
+    UnsafeArchiveError,
+    load_cifar10,
+    load_cifar100,
+    load_dataset,
+)
 from minivgg.data.download import safe_extract
 from minivgg.data.safe_pickle import restricted_load, restricted_loads
 
@@ -102,6 +108,30 @@ def test_fake_folder_loads_and_rows_line_up(tmp_path):
     np.testing.assert_array_equal(ds.train_images[4:8].reshape(4, -1), batch[b"data"])
     assert ds.train_labels[4:8].tolist() == batch[b"labels"]
     assert len(ds.train_labels) == 20 and len(ds.test_labels) == 4
+
+
+def test_cifar100_gives_fine_or_coarse_labels(tmp_path):
+    folder = tmp_path / "data" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    meta = {b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=3))
+    for name, rows in (("train", 9), ("test", 4)):
+        batch = {b"fine_labels": rng.integers(0, 100, rows).tolist(),
+                 b"coarse_labels": rng.integers(0, 20, rows).tolist(),
+                 b"data": rng.integers(0, 256, (rows, 3072), dtype=np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=3))
+    fine = load_cifar100(tmp_path / "data", download=False)
+    coarse = load_dataset("cifar100", tmp_path / "data", download=False, label_mode="coarse")
+    assert fine.num_classes == 100 and coarse.num_classes == 20
+    assert fine.train_images.shape == (9, 3, 32, 32) and coarse.test_images.shape[0] == 4
+    assert fine.train_labels.tolist() == batch_labels(folder / "train", b"fine_labels")
+    assert coarse.train_labels.tolist() == batch_labels(folder / "train", b"coarse_labels")
+
+
+def batch_labels(path: Path, key: bytes) -> list[int]:
+    return pickle.loads(path.read_bytes())[key]
 
 
 def test_missing_data_without_download_says_where_it_looked(tmp_path):
