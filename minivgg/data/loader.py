@@ -26,8 +26,9 @@ class DataLoader:
                a uint8 result is scaled to [0, 1], a float result is used as it is
     drop_last: skip the final batch when it is smaller than ``batch_size``
     device:    move each batch to the active backend's device (CuPy on the GPU backend)
-    prefetch:  prepare the next batch(es) in a background thread while the current one is
-               used (0 turns it off); NumPy releases the GIL for most of the copying
+    prefetch:  prepare up to this many batches ahead in a background thread (0: off). It
+               pays off when the training step releases the GIL (BLAS, Numba, CuPy); on
+               its own the loader is faster without it (benchmarks/bench_loader.py)
     """
 
     def __init__(self, images, labels, batch_size: int = 128, shuffle: bool = True,
