@@ -29,8 +29,8 @@ def implementation(x):
     return reference
 
 
-def im2col(x, kh, kw, stride=1, pad=0):
-    return implementation(x).im2col(x, kh, kw, stride, pad)
+def im2col(x, kh, kw, stride=1, pad=0, out=None):
+    return implementation(x).im2col(x, kh, kw, stride, pad, out=out)
 
 
 def col2im(cols, x_shape, kh, kw, stride=1, pad=0):

@@ -14,8 +14,9 @@ Design rules, each for a measured reason (notes/cpu-performance.md):
   splits); ``cache=True`` so a warm start loads compiled code instead of recompiling.
 - col2im and max-pool backward are *gathers*: each input pixel sums the column entries
   (window gradients) that read it. No two threads write the same place, so no atomics and
-  no zero-fill of the output; and the sum runs in the reference's (i, j) order, starting
-  from zero, so the result is bit-for-bit the reference's.
+  no separate zero-fill pass (each pixel's channels start at zero in cache, then add up);
+  and the sum runs in the reference's (i, j) order, starting from zero, so the result is
+  bit-for-bit the reference's.
 - No fastmath: it would let LLVM reorder sums and change results.
 - The GEMMs stay in NumPy (OpenBLAS); these kernels are everything around them.
 """
@@ -59,25 +60,26 @@ def _im2col_nhwc(x, kh, kw, stride, pad, oh, ow, cols):
 
 
 @njit(parallel=True, cache=True)
-def _col2im_nhwc(cols, kh, kw, stride, pad, oh, ow, zero, dx):
+def _col2im_nhwc(cols, kh, kw, stride, pad, oh, ow, dx):
     n, h, w, c = dx.shape
     kk = kh * kw
     for t in prange(n * h):
         b, y = t // h, t % h
         for z in range(w):
             for ch in range(c):
-                acc = zero
-                for i in range(kh):          # same (i, j) order as the reference's loop
-                    ty = y + pad - i
-                    if ty < 0 or ty % stride != 0 or ty // stride >= oh:
+                dx[b, y, z, ch] = 0
+            for i in range(kh):              # same (i, j) order as the reference's loop
+                ty = y + pad - i
+                if ty < 0 or ty % stride != 0 or ty // stride >= oh:
+                    continue
+                for j in range(kw):
+                    tz = z + pad - j
+                    if tz < 0 or tz % stride != 0 or tz // stride >= ow:
                         continue
-                    for j in range(kw):
-                        tz = z + pad - j
-                        if tz < 0 or tz % stride != 0 or tz // stride >= ow:
-                            continue
-                        row = (b * oh + ty // stride) * ow + tz // stride
-                        acc += cols[row, ch * kk + i * kw + j]
-                dx[b, y, z, ch] = acc
+                    row = (b * oh + ty // stride) * ow + tz // stride
+                    col = i * kw + j
+                    for ch in range(c):
+                        dx[b, y, z, ch] += cols[row, ch * kk + col]
 
 
 @njit(parallel=True, cache=True)
@@ -104,25 +106,26 @@ def _maxpool_forward_nhwc(x, k, stride, out, argmax):
 
 
 @njit(parallel=True, cache=True)
-def _maxpool_backward_nhwc(dout, argmax, k, stride, zero, dx):
+def _maxpool_backward_nhwc(dout, argmax, k, stride, dx):
     n, h, w, c = dx.shape
     _, oh, ow, _ = dout.shape
     for t in prange(n * h):
         b, y = t // h, t % h
         for z in range(w):
             for ch in range(c):
-                acc = zero
-                for i in range(k):
-                    ty = y - i
-                    if ty < 0 or ty % stride != 0 or ty // stride >= oh:
+                dx[b, y, z, ch] = 0
+            for i in range(k):               # same (i, j) order as the reference's loop
+                ty = y - i
+                if ty < 0 or ty % stride != 0 or ty // stride >= oh:
+                    continue
+                for j in range(k):
+                    tz = z - j
+                    if tz < 0 or tz % stride != 0 or tz // stride >= ow:
                         continue
-                    for j in range(k):
-                        tz = z - j
-                        if tz < 0 or tz % stride != 0 or tz // stride >= ow:
-                            continue
-                        if argmax[b, ty // stride, tz // stride, ch] == i * k + j:
-                            acc += dout[b, ty // stride, tz // stride, ch]
-                dx[b, y, z, ch] = acc
+                    py, pz = ty // stride, tz // stride
+                    for ch in range(c):
+                        if argmax[b, py, pz, ch] == i * k + j:
+                            dx[b, y, z, ch] += dout[b, py, pz, ch]
 
 
 @njit(parallel=True, cache=True)
@@ -142,13 +145,23 @@ def _relu_backward_flat(dout, mask, dx):
 
 # -- public functions: the reference's signatures -----------------------------------------------
 
-def im2col(x, kh, kw, stride=1, pad=0):
+def im2col(x, kh, kw, stride=1, pad=0, out=None):
     """Receptive fields of ``x`` (N, C, H, W) as rows (N*OH*OW, C*kh*kw); see reference.py."""
     n, c, h, w = x.shape
     oh, ow = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
-    cols = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype)
+    shape = (n * oh * ow, c * kh * kw)
+    cols = _output(out, shape, x.dtype, "im2col")
     _im2col_nhwc(as_nhwc(x), kh, kw, stride, pad, oh, ow, cols)
     return cols
+
+
+def _output(out, shape, dtype, who):
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"{who}: out must be a C-contiguous {dtype} array of shape {shape}, "
+                         f"got {out.dtype} {out.shape}")
+    return out
 
 
 def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
@@ -156,8 +169,7 @@ def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
     n, c, h, w = x_shape
     oh, ow = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
     dx = np.empty((n, h, w, c), dtype=cols.dtype)
-    _col2im_nhwc(np.ascontiguousarray(cols), kh, kw, stride, pad, oh, ow,
-                 cols.dtype.type(0), dx)
+    _col2im_nhwc(np.ascontiguousarray(cols), kh, kw, stride, pad, oh, ow, dx)
     return nchw(dx)
 
 
@@ -182,7 +194,7 @@ def maxpool_backward(dout, argmax, x_shape, k=2, stride=2):
     """Route each window's gradient to its maximum (a gather over windows); NCHW view."""
     n, c, h, w = x_shape
     dx = np.empty((n, h, w, c), dtype=dout.dtype)
-    _maxpool_backward_nhwc(as_nhwc(dout), as_nhwc(argmax), k, stride, dout.dtype.type(0), dx)
+    _maxpool_backward_nhwc(as_nhwc(dout), as_nhwc(argmax), k, stride, dx)
     return nchw(dx)
 
 

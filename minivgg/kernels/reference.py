@@ -27,12 +27,15 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0):
+def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0, out=None):
     """Unfold the receptive fields of ``x`` (N, C, H, W) into rows: (N*OH*OW, C*kh*kw).
 
     The loop runs over the kh * kw kernel offsets, not over the output pixels: offset
     (i, j) of every window is one strided slice of the padded image, so there are only
     kh * kw slice copies, each of them a whole (N, C, OH, OW) block.
+
+    ``out``, if given, is a (N*OH*OW, C*kh*kw) array to write the rows into (a layer reuses
+    one buffer from step to step instead of asking the OS for fresh pages each time).
     """
     n, c, h, w = x.shape
     oh = conv_output_size(h, kh, stride, pad)
@@ -43,7 +46,11 @@ def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0):
         for j in range(kw):
             cols[:, :, i, j] = xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
     # (N, C, kh, kw, OH, OW) -> (N, OH, OW, C, kh, kw) -> rows of receptive fields
-    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, c * kh * kw)
+    rows = cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, c * kh * kw)
+    if out is None:
+        return rows
+    out[...] = rows
+    return out
 
 
 def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):

@@ -38,7 +38,8 @@ class Conv2D(Layer):
 
     Layout: ``Y`` is NHWC memory, returned as an NCHW *view* (no transpose is copied); the
     kernels read such views directly. Backward writes ``dcols`` into the cached ``cols``
-    buffer, which is no longer needed once ``dWm`` is computed.
+    buffer, which is no longer needed once ``dWm`` is computed, and the next training
+    forward writes its ``cols`` into the same buffer (fresh 38 MB arrays cost page faults).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
@@ -64,6 +65,15 @@ class Conv2D(Layer):
         self.bias = Parameter(np.zeros(out_channels, dtype=dtype), decay=False) if bias else None
         self.input_grad = True
         self.cache = None
+        self._cols = None     # the im2col buffer of the last training step, reused
+
+    def _buffer(self, x, rows):
+        """The last step's cols buffer if it fits (and is free), else None (kernels allocate)."""
+        buf, cols = self._cols, self.in_channels * self.kernel_size ** 2
+        if (buf is None or buf.shape != (rows, cols) or buf.dtype != x.dtype
+                or type(buf) is not type(x) or self.cache is not None):
+            return None
+        return buf
 
     def output_shape(self, input_shape):
         """(C, H, W) -> (F, OH, OW), with the floor rule."""
@@ -84,13 +94,14 @@ class Conv2D(Layer):
                        f"(input {h}x{w}, padding {p})")
         self._check_dtype(x, self.weight.data)
         _, oh, ow = self.output_shape((c, h, w))
-        cols = kernels.im2col(x, k, k, s, p)                       # (N*OH*OW, C*k*k)
+        cols = kernels.im2col(x, k, k, s, p, out=self._buffer(x, n * oh * ow))  # (N*OH*OW, C*k*k)
         wm = self.weight.data.reshape(self.out_channels, -1)       # (F, C*k*k)
         y = cols @ wm.T                                            # (N*OH*OW, F)
         if self.bias is not None:
             y += self.bias.data
         if training:
             self.cache = (cols, x.shape)
+            self._cols = cols
         # NHWC rows -> NCHW view: no copy here; the next layer reads it through strides
         return y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
 
