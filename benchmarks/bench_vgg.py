@@ -1,0 +1,377 @@
+"""Throughput and memory of VGG-11-CIFAR: minivgg on every backend against PyTorch.
+
+    .venv/bin/python benchmarks/bench_vgg.py              # batch 64 and 128, 5 rounds
+    .venv/bin/python benchmarks/bench_vgg.py --quick      # batch 64, 2 rounds
+    .venv/bin/python benchmarks/bench_vgg.py --batch 64 --profile
+
+Network: VGG configuration A at 32x32 (3x3 convs with padding 1 + ReLU, 2x2 max-pool),
+Flatten(512), Dense 512 -> 10; 9,225,610 parameters; float32; softmax cross-entropy;
+SGD with momentum 0.9. Built here from minivgg.layers so the benchmark does not depend
+on models/vgg.py. The first convolution computes no input gradient (neither does PyTorch's,
+whose input does not require a gradient).
+
+Timing: all variants live in one process and are timed in interleaved rounds (a shared VM
+drifts by 15-25 %, so a variant timed alone in a quiet minute would look better than it is);
+we quote the median images/second over rounds, with min and max. Peak memory: each variant
+runs again in its own subprocess, whose peak resident set (VmHWM, the whole process:
+interpreter, libraries, model, activations) is reported. Numba start-up: a subprocess with
+NUMBA_CACHE_DIR set to an empty directory (cold: compiles every kernel), then a second one
+with the same directory (warm: loads them from the cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CONFIG_A = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+LR, MOMENTUM = 0.01, 0.9
+
+
+# -- the network, both ways ----------------------------------------------------------------------
+
+def minivgg_model(seed=0):
+    from minivgg.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+    from minivgg.models.sequential import Sequential
+    rng, layers, c = np.random.default_rng(seed), [], 3
+    for v in CONFIG_A:
+        if v == "M":
+            layers.append(MaxPool2D(2, 2))
+        else:
+            layers += [Conv2D(c, v, 3, 1, 1, rng=rng), ReLU()]
+            c = v
+    model = Sequential(*layers, Flatten(), Dense(512, 10, rng=rng))
+    model[0].input_grad = False            # the data needs no gradient
+    return model
+
+
+def torch_model(channels_last):
+    import torch
+    from torch import nn
+    layers, c = [], 3
+    for v in CONFIG_A:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+            c = v
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(512, 10))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+class MinivggRunner:
+    """One training step = forward, loss, backward, SGD with momentum (written inline)."""
+
+    def __init__(self, backend, batch):
+        import minivgg as mv
+        from minivgg.losses import SoftmaxCrossEntropy
+        self.backend, self.mv = backend, mv
+        mv.set_backend(backend)
+        self.model = minivgg_model()
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        if backend == "cupy":
+            self.model.to("gpu")
+        self.x, self.y = mv.to_device(x), mv.to_device(rng.integers(0, 10, batch))
+        self.loss = SoftmaxCrossEntropy()
+        self.params = self.model.parameters()
+        self.velocity = [p.grad * 0 for p in self.params]
+
+    def train_step(self):
+        self.mv.set_backend(self.backend)          # variants share the process
+        out = self.model.forward(self.x, training=True)
+        self.loss.forward(out, self.y)
+        self.model.backward(self.loss.backward())
+        for p, v in zip(self.params, self.velocity):   # v = mu v - lr g;  w = w + v
+            v *= MOMENTUM
+            v -= LR * p.grad
+            p.data += v
+        self.sync()
+
+    def infer(self):
+        self.mv.set_backend(self.backend)
+        self.model.forward(self.x, training=False)
+        self.sync()
+
+    def sync(self):
+        if self.backend == "cupy":
+            import cupy
+            cupy.cuda.get_current_stream().synchronize()
+
+    def gpu_bytes(self):
+        if self.backend != "cupy":
+            return None
+        import cupy
+        return cupy.get_default_memory_pool().total_bytes()
+
+
+class TorchRunner:
+    def __init__(self, layout, batch):
+        import torch
+        self.torch, self.device = torch, "cuda" if torch.cuda.is_available() else "cpu"
+        torch.manual_seed(0)
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        self.model = torch_model(layout == "channels_last").to(self.device)
+        self.x = torch.randn(batch, 3, 32, 32, device=self.device).to(memory_format=fmt)
+        self.y = torch.randint(0, 10, (batch,), device=self.device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def train_step(self):
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.torch.nn.functional.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+        self.sync()
+
+    def infer(self):
+        self.model.eval()
+        with self.torch.inference_mode():
+            self.model(self.x)
+        self.sync()
+
+    def sync(self):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def gpu_bytes(self):
+        return self.torch.cuda.max_memory_allocated() if self.device == "cuda" else None
+
+
+def make_runner(variant, batch):
+    kind, name = variant.split(":")
+    return MinivggRunner(name, batch) if kind == "minivgg" else TorchRunner(name, batch)
+
+
+def available_variants():
+    import minivgg.backend as b
+    variants = ["minivgg:numpy"]
+    if b._numba_available():
+        variants.append("minivgg:numba")
+    if b.cupy_problem() is None:
+        variants.append("minivgg:cupy")
+    try:
+        import torch  # noqa: F401
+        variants += ["torch:nchw", "torch:channels_last"]
+    except ImportError:
+        pass
+    return variants
+
+
+# -- measurements --------------------------------------------------------------------------------
+
+def time_interleaved(variants, batch, rounds, steps):
+    """{(variant, mode): [img/s per round]}; variants alternate inside every round."""
+    runners = {v: make_runner(v, batch) for v in variants}
+    for r in runners.values():                      # warm-up: JIT, allocator, caches
+        r.train_step()
+        r.infer()
+    speeds = {}
+    for _ in range(rounds):
+        for v, r in runners.items():
+            for mode, fn, k in (("train", r.train_step, steps), ("infer", r.infer, 2 * steps)):
+                t = time.perf_counter()
+                for _ in range(k):
+                    fn()
+                speeds.setdefault((v, mode), []).append(batch * k / (time.perf_counter() - t))
+    gpu = {v: r.gpu_bytes() for v, r in runners.items()}
+    return speeds, gpu
+
+
+def worker_memory(variant, batch):
+    """Run in a fresh process: a few steps, then report the peak resident set."""
+    def status_mb(field):      # VmHWM: this process's peak RSS (ru_maxrss can carry the
+        text = Path("/proc/self/status").read_text()       # parent's peak across fork+exec)
+        return int(re.search(field + r":\s+(\d+)", text).group(1)) / 1024
+    runner = make_runner(variant, batch)
+    after_setup = status_mb("VmRSS")
+    for _ in range(2):
+        runner.train_step()
+        runner.infer()
+    peak = status_mb("VmHWM")
+    print(json.dumps({"peak_rss_mb": peak, "rss_after_setup_mb": after_setup,
+                      "gpu_bytes": runner.gpu_bytes()}))
+
+
+def measure_memory(variant, batch):
+    out = subprocess.run([sys.executable, __file__, "--worker-memory", variant, str(batch)],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+JIT_PROBE = """
+import time; t0 = time.perf_counter()
+import numpy as np, minivgg as mv
+from minivgg.layers import Conv2D, ReLU, MaxPool2D, Flatten, Dense
+from minivgg.models.sequential import Sequential
+from minivgg.losses import SoftmaxCrossEntropy
+mv.set_backend("numba"); t1 = time.perf_counter()
+m = Sequential(Conv2D(3, 4), ReLU(), MaxPool2D(), Conv2D(4, 4), ReLU(), MaxPool2D(),
+               Flatten(), Dense(16, 2))
+x = np.ones((2, 3, 8, 8), np.float32); loss = SoftmaxCrossEntropy()
+loss.forward(m.forward(x), np.array([0, 1])); m.backward(loss.backward())
+t2 = time.perf_counter()
+print(t1 - t0, t2 - t1)
+"""
+
+
+def measure_jit():
+    """Cold and warm Numba start-up: import time and the first float32 training step."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        result = {}
+        for label in ("cold", "warm"):
+            t = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", JIT_PROBE], capture_output=True,
+                                 text=True, check=True, env=env, cwd=ROOT)
+            wall = time.perf_counter() - t
+            imp, first = map(float, out.stdout.split())
+            result[label] = {"import_s": imp, "first_step_s": first, "process_s": wall}
+        return result
+
+
+# -- context and report --------------------------------------------------------------------------
+
+def machine_info():
+    model = platform.processor() or "unknown"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
+    except (OSError, AttributeError):
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def versions():
+    found = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in ("numba", "torch", "cupy"):
+        try:
+            found[name] = __import__(name).__version__
+        except Exception:
+            found[name] = None
+    return found
+
+
+def profile_numba_step(batch, steps=3):
+    """Time each layer's forward and backward inside a Numba training step."""
+    runner, totals = MinivggRunner("numba", batch), {}
+    for i, layer in enumerate(runner.model.layers):
+        for phase in ("forward", "backward"):
+            fn = getattr(layer, phase)
+
+            def timed(*a, _fn=fn, _key=f"{i:2d} {layer!r} {phase}", **k):
+                t = time.perf_counter()
+                r = _fn(*a, **k)
+                totals[_key] = totals.get(_key, 0.0) + time.perf_counter() - t
+                return r
+            setattr(layer, phase, timed)
+    runner.train_step()
+    totals.clear()
+    t = time.perf_counter()
+    for _ in range(steps):
+        runner.train_step()
+    step = (time.perf_counter() - t) / steps
+    print(f"\nProfile, numba, batch {batch}: {step * 1000:.0f} ms per training step")
+    for key, v in sorted(totals.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"  {v / steps * 1000:7.1f} ms  {v / steps / step:5.1%}  {key}")
+    rest = step - sum(totals.values()) / steps
+    print(f"  {rest * 1000:7.1f} ms  {rest / step:5.1%}  loss + SGD update + Python")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, nargs="+", default=None, help="default: 64 128")
+    ap.add_argument("--quick", action="store_true", help="batch 64, 2 rounds, no numpy backend")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5)")
+    ap.add_argument("--steps", type=int, default=3, help="training steps per round")
+    ap.add_argument("--variants", nargs="+", default=None, help="e.g. minivgg:numba torch:nchw")
+    ap.add_argument("--profile", action="store_true", help="print a per-layer Numba profile")
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--worker-memory", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker_memory:
+        return worker_memory(args.worker_memory[0], int(args.worker_memory[1]))
+
+    batches = args.batch or ([64] if args.quick else [64, 128])
+    rounds = args.rounds or (2 if args.quick else 5)
+    variants = args.variants or available_variants()
+    if args.quick and not args.variants:
+        variants = [v for v in variants if v != "minivgg:numpy"]
+    if args.profile:
+        for b in batches:
+            profile_numba_step(b)
+
+    rows = []
+    for batch in batches:
+        speeds, gpu = time_interleaved(variants, batch, rounds, args.steps)
+        for v in variants:
+            memory = measure_memory(v, batch)
+            for mode in ("train", "infer"):
+                s = speeds[(v, mode)]
+                rows.append({"variant": v, "batch": batch, "mode": mode,
+                             "img_s": statistics.median(s), "img_s_min": min(s),
+                             "img_s_max": max(s), "rounds": len(s),
+                             "peak_rss_mb": memory["peak_rss_mb"],
+                             "rss_after_setup_mb": memory["rss_after_setup_mb"],
+                             "gpu_bytes": memory["gpu_bytes"] or gpu[v]})
+    for row in rows:                                 # ratio to PyTorch's best layout
+        torch_rows = [r for r in rows if r["variant"].startswith("torch:")
+                      and r["batch"] == row["batch"] and r["mode"] == row["mode"]]
+        if torch_rows:
+            best = max(torch_rows, key=lambda r: r["img_s"])
+            row["vs_torch_best"] = row["img_s"] / best["img_s"]
+            row["memory_vs_torch_best"] = row["peak_rss_mb"] / best["peak_rss_mb"]
+    jit = measure_jit() if "minivgg:numba" in variants else None
+
+    print(f"\nVGG-11-CIFAR (config A, 32x32, 9,225,610 parameters), float32, "
+          f"{machine_info()['cpu']}, {os.cpu_count()} cores; median of {rounds} rounds\n")
+    print("| variant | batch | mode | img/s (min-max) | vs PyTorch best | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['vs_torch_best']:.2f}x" if "vs_torch_best" in r else "-"
+        mem = f"{r['peak_rss_mb']:.0f}"
+        if "memory_vs_torch_best" in r:
+            mem += f" ({r['memory_vs_torch_best']:.2f}x)"
+        print(f"| {r['variant']} | {r['batch']} | {r['mode']} | {r['img_s']:.1f} "
+              f"({r['img_s_min']:.0f}-{r['img_s_max']:.0f}) | {ratio} | {mem} |")
+    if jit:
+        print(f"\nNumba start-up (import + first training step of a tiny net): cold "
+              f"{jit['cold']['import_s'] + jit['cold']['first_step_s']:.2f} s, warm "
+              f"{jit['warm']['import_s'] + jit['warm']['first_step_s']:.2f} s "
+              f"(first step alone: {jit['cold']['first_step_s']:.2f} s / "
+              f"{jit['warm']['first_step_s']:.2f} s)")
+
+    if not args.no_save:
+        now = dt.datetime.now()
+        slug = re.sub(r"[^a-z0-9]+", "-", machine_info()["cpu"].lower()).strip("-")
+        path = ROOT / "benchmarks" / "results" / f"{slug}-{os.cpu_count()}core-{now:%Y-%m-%d}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"date": now.isoformat(timespec="seconds"), "machine": machine_info(),
+                  "versions": versions(), "network": "VGG-11-CIFAR (config A, 32x32)",
+                  "settings": {"rounds": rounds, "steps": args.steps, "lr": LR,
+                               "momentum": MOMENTUM, "dtype": "float32",
+                               "NUMBA_THREADING_LAYER":
+                                   os.environ.get("NUMBA_THREADING_LAYER", "workqueue (minivgg)")},
+                  "results": rows, "numba_startup": jit}
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"\nwrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
