@@ -82,6 +82,10 @@ def summarize(model, input_shape) -> Summary:
         except Exception as exc:
             raise ValueError(f"summary: layer {name} ({type(layer).__name__}) cannot take an "
                              f"input of shape {shape}: {exc}") from exc
+        if isinstance(layer, Dense) and math.prod(shape) != layer.in_features:
+            raise ValueError(f"summary: layer {name} (Dense) takes {layer.in_features} "
+                             f"features, but receives {shape} = {math.prod(shape)}; the "
+                             "model was built for another input size")
         if any(s < 1 for s in out):
             raise ValueError(f"summary: layer {name} ({type(layer).__name__}) turns an input "
                              f"of shape {shape} into {out}; the input is too small")
