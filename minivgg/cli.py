@@ -1,0 +1,161 @@
+"""The ``minivgg`` command: train, eval, predict, summary, gradcheck, bench.
+
+    minivgg train                               CIFAR-10, small VGG-A with batch norm, SGD
+    minivgg train --dataset shapes --epochs 3   offline, synthetic, a minute on a laptop
+    minivgg train --resume runs/cifar10-A-...   continue a run exactly where it stopped
+    minivgg eval runs/cifar10-A-...             test loss, top-1, top-5, per-class accuracy
+    minivgg predict runs/cifar10-A-... cat.png  top-5 classes of your own pictures
+    minivgg summary vgg16 --input 224           layers, shapes, parameters, MACs
+    minivgg gradcheck vgg11                     finite differences through a whole VGG
+    minivgg bench                               training images per second here
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from minivgg.experiment import AUGMENTS, DEFAULTS
+from minivgg.schedules import SCHEDULES
+
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist", "shapes")
+BACKENDS = ("auto", "numpy", "numba", "cupy")
+
+
+def _flag(p, name, help_, **kw):
+    """An option whose default comes from DEFAULTS and is shown in --help."""
+    key = name.lstrip("-").replace("-", "_")
+    kw.setdefault("default", DEFAULTS[key])
+    p.add_argument(name, help=help_ + " (default: %(default)s)", **kw)
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("data")
+    _flag(d, "--dataset", "data set", choices=DATASETS)
+    _flag(d, "--data-dir", "folder holding the data set (else $MINIVGG_DATA, else "
+          "~/.cache/minivgg; CIFAR is downloaded there when missing)")
+    _flag(d, "--limit", "use only the first N train and test images: a quick run", type=int)
+    _flag(d, "--augment", "training augmentation: random 32x32 crops of the padded image "
+          "and/or horizontal flips", choices=AUGMENTS)
+    _flag(d, "--crop-padding", "pixels of zero padding around an image before the random "
+          "crop", type=int)
+    m = p.add_argument_group("model")
+    _flag(m, "--model", "VGG configuration of the paper's Table 1: A-E, A-LRN or vgg11, "
+          "vgg13, vgg16, vgg19")
+    _flag(m, "--width", "multiplies every convolution's channels (0.25: 16..128)", type=float)
+    _flag(m, "--batch-norm", "batch normalisation after each convolution",
+          action=argparse.BooleanOptionalAction)
+    _flag(m, "--head", "classifier: 'cifar' (one Dense layer, or --hidden ones) or the "
+          "paper's 'imagenet' 4096-4096 head", choices=("cifar", "imagenet"))
+    _flag(m, "--hidden", "hidden Dense sizes of the cifar head, e.g. --hidden 512",
+          type=int, nargs="*")
+    _flag(m, "--dropout", "dropout probability after each hidden Dense layer", type=float)
+    _flag(m, "--init", "weights: 'he' (torchvision) or 'paper' (N(0, 0.01))",
+          choices=("he", "paper"))
+    _flag(m, "--input-size", "network input side; smaller images are zero-padded", type=int)
+    o = p.add_argument_group("optimisation")
+    _flag(o, "--epochs", "passes over the training set", type=int)
+    _flag(o, "--batch-size", "images per step", type=int)
+    _flag(o, "--eval-batch-size", "images per batch when evaluating", type=int)
+    _flag(o, "--lr", "learning rate (the paper: 0.01 at batch 256, without batch norm)",
+          type=float)
+    _flag(o, "--optimizer", "sgd (momentum, weight decay) or adam", choices=("sgd", "adam"))
+    _flag(o, "--momentum", "SGD momentum (the paper: 0.9)", type=float)
+    _flag(o, "--nesterov", "Nesterov momentum", action=argparse.BooleanOptionalAction)
+    _flag(o, "--weight-decay", "L2 weight decay (the paper: 5e-4)", type=float)
+    _flag(o, "--decay-all", "decay biases and batch-norm parameters too",
+          action=argparse.BooleanOptionalAction)
+    _flag(o, "--schedule", "learning-rate schedule; 'plateau' is the paper's (divide by 10 "
+          "when test accuracy stops improving)", choices=SCHEDULES)
+    _flag(o, "--warmup", "epochs of linear learning-rate warm-up", type=float)
+    _flag(o, "--milestones", "epochs where 'multistep' multiplies by --gamma", type=int,
+          nargs="*")
+    _flag(o, "--gamma", "factor of step, multistep and plateau", type=float)
+    _flag(o, "--step", "epochs between reductions of 'step'", type=int)
+    _flag(o, "--patience", "epochs without improvement before 'plateau' reduces", type=int)
+    r = p.add_argument_group("run")
+    _flag(r, "--backend", "array backend", choices=BACKENDS)
+    _flag(r, "--seed", "seeds initialisation, shuffling, augmentation and dropout", type=int)
+    _flag(r, "--prefetch", "batches prepared ahead in a background thread", type=int)
+    r.add_argument("--out", help="run folder (default: runs/<dataset>-<model>-<time>)")
+    r.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its "
+                   "last.npz, with its config.json (other options are ignored)")
+    r.add_argument("--overfit-batch", type=int, nargs="?", const=32, metavar="N",
+                   help="sanity check: train on one batch of N images (default 32) until "
+                   "it is classified 100%% right; writes no run folder")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-plots", action="store_true", help="skip the figures at the end")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minivgg", description="VGG networks from scratch: train, evaluate, inspect.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a VGG; writes a run folder",
+                       description="Train a VGG and write config.json, metrics.csv, last.npz, "
+                       "best.npz and figures to one run folder. Ctrl-C saves and stops; "
+                       "--resume continues exactly.")
+    add_train_args(p)
+
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint on its test set",
+                       description="Test loss, top-1 and top-5 accuracy and per-class "
+                       "accuracy of a run; redraws the confusion matrix and predictions.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--data-dir", help="override the run's data folder")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--no-plots", action="store_true")
+
+    p = sub.add_parser("predict", help="classify image files with a trained run",
+                       description="Top-5 classes of PNG or JPEG images, each resized to the "
+                       "network's input as the training images were.")
+    p.add_argument("run", help="run folder (or a .npz checkpoint)")
+    p.add_argument("images", nargs="+", help="PNG or JPEG files")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--top", type=int, default=5, help="classes to show (default: 5)")
+
+    p = sub.add_parser("summary", help="table of a VGG's layers, shapes, parameters, MACs")
+    p.add_argument("model", nargs="?", default="vgg16", help="A-E, A-LRN, vgg11..vgg19")
+    p.add_argument("--input", type=int, default=224, help="input side (default: 224)")
+    p.add_argument("--classes", type=int, default=1000, help="outputs (default: 1000)")
+    p.add_argument("--head", default=None, choices=("cifar", "imagenet"),
+                   help="default: imagenet at 224 and above, else cifar")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default: 1)")
+    p.add_argument("--batch-norm", action="store_true")
+
+    p = sub.add_parser("gradcheck", help="finite-difference check of a whole small VGG",
+                       description="Builds the configuration in float64 at reduced width and "
+                       "input size and compares backward with central differences.")
+    p.add_argument("model", nargs="?", default="vgg11")
+    p.add_argument("--width", type=float, default=1 / 16, help="default: 1/16 (4..32 channels)")
+    p.add_argument("--input", type=int, default=32, help="input side (default: 32)")
+    p.add_argument("--batch-norm", action="store_true")
+    p.add_argument("--backend", default="numpy", choices=BACKENDS)
+
+    p = sub.add_parser("bench", help="training throughput (images per second) here",
+                       description="Times training steps of a VGG on random data.")
+    p.add_argument("--model", default="A")
+    p.add_argument("--width", type=float, default=0.25, help="default: 0.25")
+    p.add_argument("--batch-size", type=int, default=64, help="default: 64")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (default: 10)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from minivgg import commands
+    handler = {"train": commands.train, "eval": commands.evaluate, "predict": commands.predict,
+               "summary": commands.summary, "gradcheck": commands.gradcheck,
+               "bench": commands.bench}[args.command]
+    try:
+        return handler(args)
+    except commands.UserError as exc:
+        print(f"minivgg {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

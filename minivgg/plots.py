@@ -1,0 +1,172 @@
+"""Figures of a training run, saved as PNG files in the run folder (matplotlib, Agg).
+
+    curves.png         loss and top-1 accuracy per epoch, train and test
+    confusion.png      which classes are taken for which (rows: true, columns: predicted)
+    predictions.png    test images with the predicted and the true label (red when wrong)
+    filters.png        the first convolution's 3x3 filters, as small colour pictures
+    feature_maps.png   one test image after each block of the network
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from minivgg.backend import asnumpy, to_device  # noqa: E402
+
+
+def _save(fig, path) -> Path:
+    """Save via a temporary file and rename, like every other file of a run."""
+    import io
+
+    from minivgg.checkpoint import atomic_write_bytes
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def _as_picture(img: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W, 3) or (H, W) for imshow, scaled to [0, 1]."""
+    img = np.asarray(img, dtype=np.float32)
+    lo, hi = img.min(), img.max()
+    img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+
+
+def plot_curves(history: list[dict], path) -> Path:
+    """Loss and top-1 accuracy against the epoch, train and test."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-o"), ("test", "-s")):
+        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], style, label=split, ms=3)
+        ax_acc.plot(epochs, [r[f"{split}_top1"] for r in history], style, label=split, ms=3)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def confusion_matrix(labels, predicted, num_classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(labels), np.asarray(predicted)), 1)
+    return counts
+
+
+def plot_confusion(labels, predicted, classes, path) -> Path:
+    k = len(classes)
+    counts = confusion_matrix(labels, predicted, k)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = min(max(5, 0.55 * k), 30)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    ticks = np.arange(k)
+    ax.set_xticks(ticks, classes if k <= 30 else [], rotation=60, ha="right")
+    ax.set_yticks(ticks, classes if k <= 30 else [])
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, counts[i, j], ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    accuracy = 100.0 * np.trace(counts) / max(counts.sum(), 1)
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (top-1 {accuracy:.1f}%)")
+    return _save(fig, path)
+
+
+def plot_predictions(images, labels, predicted, classes, path, n: int = 24) -> Path:
+    """The first ``n`` test images, titled "predicted / true" (red when wrong)."""
+    n = min(n, len(images))
+    cols = 6
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.7, rows * 1.9))
+    for i, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(_as_picture(images[i]), cmap="gray", interpolation="nearest")
+        right = predicted[i] == labels[i]
+        ax.set_title(f"{classes[predicted[i]]}\n({classes[labels[i]]})", fontsize=7,
+                     color="black" if right else "red")
+    fig.suptitle("predicted (true)", fontsize=9)
+    return _save(fig, path)
+
+
+def first_conv_weight(model) -> np.ndarray:
+    for _, layer in model.named_layers():
+        if type(layer).__name__ == "Conv2D":
+            return asnumpy(layer.weight.data)
+    raise ValueError("plot_filters: the model has no Conv2D layer")
+
+
+def plot_filters(weight: np.ndarray, path) -> Path:
+    """Each filter (C, kh, kw) of the first layer as a small picture, scaled on its own."""
+    f = weight.shape[0]
+    cols = min(f, 16)
+    rows = -(-f // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i < f:
+            ax.imshow(_as_picture(weight[i]), cmap="gray", interpolation="nearest")
+    fig.suptitle(f"first-layer filters ({f} x {weight.shape[1]} x {weight.shape[2]} x "
+                 f"{weight.shape[3]})", fontsize=9)
+    return _save(fig, path)
+
+
+def block_outputs(model, x) -> list[tuple[str, np.ndarray]]:
+    """The activations after each max-pooling of ``model.features`` (one per block)."""
+    outs, h = [], x
+    features = model["features"] if "features" in getattr(model, "names", []) else model
+    block = 1
+    for layer in features:
+        h = layer.forward(h, training=False)
+        if type(layer).__name__ == "MaxPool2D":
+            outs.append((f"block {block}", asnumpy(h[0])))
+            block += 1
+    return outs
+
+
+def plot_feature_maps(model, image: np.ndarray, x, path, per_block: int = 8) -> Path:
+    """``image`` (C, H, W) for display, ``x`` (1, C, H, W) the network's input."""
+    outs = block_outputs(model, x)
+    fig, axes = plt.subplots(len(outs), per_block + 1,
+                             figsize=((per_block + 1) * 1.1, len(outs) * 1.2), squeeze=False)
+    for row, (name, maps) in zip(axes, outs):
+        for ax in row:
+            ax.axis("off")
+        row[0].imshow(_as_picture(image), cmap="gray", interpolation="nearest")
+        row[0].set_title("input", fontsize=7)
+        strongest = np.argsort(-maps.reshape(len(maps), -1).mean(axis=1))[:per_block]
+        for ax, c in zip(row[1:], strongest):
+            ax.imshow(maps[c], cmap="viridis", interpolation="nearest")
+            ax.set_title(f"{name} ch {c}\n{maps.shape[1]}x{maps.shape[2]}", fontsize=6)
+    fig.suptitle("feature maps after each block (the most active channels)", fontsize=9)
+    return _save(fig, path)
+
+
+def run_plots(run_dir, model, ds, test_loader, history, normalize, config) -> list[Path]:
+    """All five figures of a finished run (the model as it is at the end of training)."""
+    from minivgg.experiment import test_transform
+    from minivgg.train import evaluate
+    run_dir = Path(run_dir)
+    result = evaluate(model, test_loader, predictions=True)
+    x = test_transform(config, normalize)(ds.test_images[:1], None).astype(np.float32)
+    return [plot_curves(history, run_dir / "curves.png"),
+            plot_confusion(result["labels"], result["predicted"], ds.classes,
+                           run_dir / "confusion.png"),
+            plot_predictions(ds.test_images, result["labels"], result["predicted"],
+                             ds.classes, run_dir / "predictions.png"),
+            plot_filters(first_conv_weight(model), run_dir / "filters.png"),
+            plot_feature_maps(model, ds.test_images[0], to_device(x),
+                              run_dir / "feature_maps.png")]
