@@ -20,8 +20,11 @@ class Sequential(Layer):
         model = Sequential(Conv2D(3, 8), ReLU(), MaxPool2D())
         model = Sequential(("features", Sequential(...)), ("classifier", Sequential(...)))
 
+    ``forward(x, training)`` hands ``training`` to every layer (dropout and batch norm
+    behave differently in evaluation); ``backward(dout)`` calls the layers in reverse.
     Parameter names join the path with dots, e.g. ``features.0.weight``: stable,
-    human-readable keys for ``state_dict()``.
+    human-readable keys for ``state_dict()``. ``summary(input_shape)`` prints a table of
+    layers, shapes, parameters and multiply-accumulates (minivgg.summary).
     """
 
     def __init__(self, *layers):
