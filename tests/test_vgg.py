@@ -3,6 +3,8 @@ the paper's initialisation from A, and dense evaluation."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -119,7 +121,7 @@ def test_seed_spec_and_custom_configuration():
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["features.0.weight"], c["features.0.weight"])
     model = vgg([8, "M", (4, 1), "M"], 5, 8, "cifar", hidden=(6,))
-    rebuilt = vgg(**model.spec)
+    rebuilt = vgg(**json.loads(json.dumps(model.spec)))      # the spec survives JSON
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
         {k: v.shape for k, v in model.state_dict().items()}
     assert model.output_shape((3, 8, 8)) == (5,)

@@ -73,7 +73,8 @@ def resolve_config(config) -> tuple[str, list]:
             raise ValueError(f"vgg: unknown configuration {config!r}; expected one of "
                              f"{sorted(VGG_CONFIGS)} or {sorted(ALIASES)}")
         return key, list(VGG_CONFIGS[key])
-    items = list(config)
+    # a list entry [256, 1] (as a configuration reads back from JSON) means (256, 1)
+    items = [tuple(item) if isinstance(item, list) else item for item in config]
     for item in items:
         ok = (item in ("M", "LRN") or (isinstance(item, int) and item > 0)
               or (isinstance(item, tuple) and len(item) == 2 and item[1] in (1, 3)))
