@@ -68,7 +68,6 @@ def layer_macs(layer, input_shape, output_shape) -> int:
 
 def summarize(model, input_shape) -> Summary:
     """Walk ``model.named_layers()`` from one example of ``input_shape`` (no batch axis)."""
-    from minivgg.models.sequential import layer_output_shape
     input_shape = tuple(int(s) for s in input_shape)
     params = model.parameters()
     dtype = params[0].data.dtype if params else None
@@ -78,7 +77,7 @@ def summarize(model, input_shape) -> Summary:
     shape = input_shape
     for name, layer in model.named_layers():
         try:
-            out = layer_output_shape(layer, shape)
+            out = tuple(layer.output_shape(tuple(shape)))
         except Exception as exc:
             raise ValueError(f"summary: layer {name} ({type(layer).__name__}) cannot take an "
                              f"input of shape {shape}: {exc}") from exc

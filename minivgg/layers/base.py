@@ -44,6 +44,10 @@ class Layer:
     def __call__(self, x, training: bool = True):
         return self.forward(x, training)
 
+    def output_shape(self, input_shape):
+        """Shape of one output sample for one input sample (C, H, W); elementwise: the same."""
+        return tuple(input_shape)
+
     # -- parameters and state -------------------------------------------------------------
     def named_parameters(self) -> dict[str, Parameter]:
         """Parameters by attribute name, in the order they were created."""

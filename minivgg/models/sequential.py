@@ -8,12 +8,6 @@ from minivgg.backend import asnumpy, get_array_module
 from minivgg.layers.base import Layer
 
 
-def layer_output_shape(layer, input_shape):
-    """``layer.output_shape(input_shape)``; layers without one (ReLU, Dropout) keep the shape."""
-    method = getattr(layer, "output_shape", None)
-    return tuple(input_shape) if method is None else tuple(method(tuple(input_shape)))
-
-
 class Sequential(Layer):
     """A chain of layers. Children are named "0", "1", ... or by the names given.
 
@@ -67,7 +61,7 @@ class Sequential(Layer):
     def output_shape(self, input_shape):
         """The shape of one example's output, (C, H, W) in, without running anything."""
         for layer in self.layers:
-            input_shape = layer_output_shape(layer, input_shape)
+            input_shape = tuple(layer.output_shape(tuple(input_shape)))
         return input_shape
 
     def summary(self, input_shape, print_fn=print):
