@@ -1,0 +1,216 @@
+"""Lesson 11 -- backends: the same layers on NumPy, Numba (and CuPy where there is a GPU).
+
+    python lessons/11_backends.py
+"""
+
+import time
+
+import numpy as np
+from _common import FAST, done, out_dir, plt, save, say, section, timed, title
+from numba import njit
+
+import minivgg as mv
+from minivgg import kernels
+from minivgg.backend import cupy_problem
+from minivgg.kernels import cpu
+from minivgg.layers import Conv2D
+from minivgg.losses import SoftmaxCrossEntropy
+from minivgg.models import vgg
+from minivgg.optim import SGD
+
+FIGURES = ["timings.png"]
+OUT = out_dir("11_backends")
+
+title("Lesson 11: one set of layers, three sets of kernels")
+say("""
+    A layer never asks which backend is active. It calls minivgg.kernels (im2col, col2im,
+    max-pool, ReLU), and the dispatcher picks an implementation per call, from the array
+    it is given and the backend setting:
+
+        CuPy array                 -> kernels/gpu.py (CUDA)
+        NumPy array, "numba"       -> kernels/cpu.py (Numba, compiled, parallel)
+        NumPy array, "numpy"       -> kernels/reference.py (the readable specification)
+
+    The matrix products stay in the array library (OpenBLAS here, cuBLAS on a GPU).
+""")
+x = np.zeros((1, 1, 4, 4), np.float32)
+for name in ("numpy", "numba"):
+    mv.set_backend(name)
+    print(f"   set_backend({name!r}): kernels.implementation(numpy array) -> "
+          f"{kernels.implementation(x).__name__}")
+problem = cupy_problem()
+has_gpu = problem is None
+print("   CuPy: " + ("usable, a GPU is present" if has_gpu else
+                     f"not usable here ({problem[0]}): {problem[1][:90]}..."))
+print(f"   set_backend('auto') chooses {mv.set_backend('auto')!r} on this machine "
+      "(CuPy if it works, else Numba, else NumPy)")
+backends = ["numpy", "numba"] + (["cupy"] if has_gpu else [])
+
+section("The one-time JIT compile")
+say("""
+    Numba compiles a function the first time it is called with new argument types. The
+    package's kernels use cache=True: the machine code is stored beside the source and a
+    later process only loads it. A fresh function with no cache shows the real compile:
+""")
+
+
+@njit(cache=False)
+def count_positive(a):
+    total = 0
+    for v in a.ravel():
+        if v > 0:
+            total += 1
+    return total
+
+
+data = np.random.default_rng(0).standard_normal(10**6)
+t0 = time.perf_counter()
+count_positive(data)
+t_compile = time.perf_counter() - t0
+t_run = timed(lambda: count_positive(data), repeat=5)
+print(f"   a fresh @njit function: first call {t_compile * 1e3:.0f} ms (compile + run), "
+      f"later calls {t_run * 1e3:.2f} ms")
+mv.set_backend("numba")
+xb = np.random.default_rng(1).standard_normal((8, 16, 32, 32)).astype(np.float32)
+t0 = time.perf_counter()
+kernels.im2col(xb, 3, 3, 1, 1)
+t_first = time.perf_counter() - t0
+t_later = timed(lambda: kernels.im2col(xb, 3, 3, 1, 1), repeat=5)
+stats = cpu._im2col_nhwc.stats
+how = (f"loaded from the on-disk cache ({stats.cache_path})" if sum(stats.cache_hits.values())
+       else "compiled now (no valid cache: first run, or the source changed)")
+print(f"   the package's Numba im2col: first call in this process {t_first * 1e3:.0f} ms, "
+      f"{how};\n   later calls {t_later * 1e3:.1f} ms")
+
+section("The same convolution on every backend")
+rng = np.random.default_rng(2)
+n, c, s, f = (8, 32, 16, 32) if FAST else (16, 64, 32, 64)
+x = rng.standard_normal((n, c, s, s)).astype(np.float32)
+dout = rng.standard_normal((n, f, s, s)).astype(np.float32)
+repeat = 3 if FAST else 7
+
+
+def synchronize(name):
+    """Wait for the GPU to finish (its calls return before the work is done)."""
+    if name == "cupy":
+        import cupy
+        cupy.cuda.Device().synchronize()
+
+
+def conv_closures(name):
+    """Outputs and gradients of the conv on one backend, and closures that time it."""
+    mv.set_backend(name)
+    layer = Conv2D(c, f, rng=np.random.default_rng(3))        # same weights on every backend
+    layer.to("gpu" if name == "cupy" else "cpu")
+    xd, dd = mv.to_device(x), mv.to_device(dout)
+
+    def forward():
+        y = layer.forward(xd, training=True)
+        synchronize(name)
+        return y
+
+    def forward_backward():
+        layer.forward(xd, training=True)
+        dx = layer.backward(dd)
+        synchronize(name)
+        return dx
+
+    y, dx = forward(), forward_backward()
+    outputs = (mv.asnumpy(y), mv.asnumpy(dx), mv.asnumpy(layer.weight.grad).copy())
+    return outputs, {"conv forward": forward, "conv forward+backward": forward_backward}
+
+
+def interleaved(closures, repeat):
+    """Median time of each closure, the backends taking turns (a busy machine's noise then
+    hits all of them alike)."""
+    samples = {key: [] for key in closures}
+    for _ in range(repeat):
+        for (name, what), fn in closures.items():
+            mv.set_backend(name)
+            t0 = time.perf_counter()
+            fn()
+            samples[name, what].append(time.perf_counter() - t0)
+    return {key: float(np.median(v)) for key, v in samples.items()}
+
+
+results, closures = {}, {}
+for name in backends:
+    results[name], fns = conv_closures(name)
+    closures.update({(name, what): fn for what, fn in fns.items()})
+medians = interleaved(closures, repeat)
+times = {name: {"conv forward": medians[name, "conv forward"],
+                "conv backward": medians[name, "conv forward+backward"]
+                - medians[name, "conv forward"]} for name in backends}
+for name in backends:
+    t_f, t_b = times[name]["conv forward"], times[name]["conv backward"]
+    print(f"   {name:6s}: forward {t_f * 1e3:7.1f} ms, backward {t_b * 1e3:7.1f} ms "
+          f"(x {x.shape}, {f} filters 3x3; medians of {repeat}, backends taking turns)")
+ref = results["numpy"]
+for name in backends[1:]:
+    diffs = [np.abs(a - b).max() for a, b in zip(results[name], ref)]
+    print(f"   {name} vs numpy: max |difference| y {diffs[0]:.1e}, dx {diffs[1]:.1e}, "
+          f"dW {diffs[2]:.1e}")
+
+section("A whole training step")
+batch, width = (16, 0.25) if FAST else (32, 0.5)
+xs = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+ys = rng.integers(0, 10, batch)
+
+
+def step_closure(name):
+    """A fresh VGG-A (same seed on every backend) and a closure doing one SGD step."""
+    mv.set_backend(name)
+    model = vgg("A", num_classes=10, input_size=32, head="cifar", width=width, seed=0)
+    model.to("gpu" if name == "cupy" else "cpu")
+    opt = SGD(model, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    loss_fn = SoftmaxCrossEntropy()
+    xd, yd = mv.to_device(xs), mv.to_device(ys)
+
+    def step():
+        loss = loss_fn.forward(model.forward(xd, training=True), yd)
+        model.backward(loss_fn.backward())
+        opt.step()
+        synchronize(name)
+        return loss
+
+    first_loss = step()
+    return first_loss, mv.asnumpy(model["features"][0].weight.data).copy(), step
+
+
+after, steps, first = {}, {}, {}
+for name in backends:
+    first[name], after[name], steps[name, "train step"] = step_closure(name)
+medians = interleaved(steps, repeat)
+for name in backends:
+    t = times[name]["train step"] = medians[name, "train step"]
+    print(f"   {name:6s}: VGG-A width {width}, batch {batch}: {t * 1e3:7.1f} ms per step = "
+          f"{batch / t:6.0f} images/s (first loss {first[name]:.4f})")
+for name in backends[1:]:
+    print(f"   after one step, first-layer weights {name} vs numpy: max |difference| "
+          f"{np.abs(after[name] - after['numpy']).max():.1e}")
+fastest = min(backends, key=lambda b: times[b]["train step"])
+print("   speed-up of the training step over the NumPy reference: " + ", ".join(
+    f"{b} {times['numpy']['train step'] / times[b]['train step']:.2f} x" for b in backends[1:])
+      + f"; fastest here: {fastest}")
+say("""
+    The GEMMs are the same OpenBLAS calls on both CPU backends; what Numba can win is the
+    rest (im2col, col2im, pooling, ReLU) in parallel compiled loops over NHWC memory,
+    where the reference makes k*k strided copies and transposes. On a busy shared
+    machine timings swing by tens of per cent: rerun, and compare only numbers measured
+    side by side, as here.
+""")
+
+fig, ax = plt.subplots(figsize=(7, 3.4))
+labels = list(times["numpy"])
+xs_bar = np.arange(len(labels))
+for i, name in enumerate(backends):
+    ax.bar(xs_bar + (i - (len(backends) - 1) / 2) * 0.8 / len(backends),
+           [times[name][k] * 1e3 for k in labels], 0.8 / len(backends), label=name)
+ax.set_xticks(xs_bar, labels)
+ax.set_ylabel("milliseconds (median)")
+ax.set_title(f"backends on this machine (JIT compile of a fresh function: "
+             f"{t_compile * 1e3:.0f} ms)", fontsize=9)
+ax.legend()
+save(fig, OUT, FIGURES[0])
+mv.set_backend("auto")
+done()
