@@ -41,7 +41,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
           "crop", type=int)
     m = p.add_argument_group("model")
     _flag(m, "--model", "VGG configuration of the paper's Table 1: A-E, A-LRN or vgg11, "
-          "vgg13, vgg16, vgg19")
+          "vgg13, vgg16, vgg19; or a custom list of channels and M (max-pool), e.g. "
+          "16,M,32,M,64,64,M,128,128,M for 28x28 inputs")
     _flag(m, "--width", "multiplies every convolution's channels (0.25: 16..128)", type=float)
     _flag(m, "--batch-norm", "batch normalisation after each convolution",
           action=argparse.BooleanOptionalAction)

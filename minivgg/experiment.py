@@ -98,9 +98,17 @@ def make_loaders(config: dict, ds, normalize: Normalize):
     return train, test
 
 
+def parse_config(model: str | list):
+    """A configuration name ("A", "vgg11") or a custom comma list ("16,M,32,M") -> vgg()'s."""
+    if isinstance(model, str) and "," in model:
+        return [item if item in ("M", "LRN") else int(item)
+                for item in (part.strip() for part in model.split(",")) if item]
+    return model
+
+
 def make_model(config: dict, num_classes: int, in_channels: int):
-    model = vgg(config["model"], num_classes, config["input_size"], head=config["head"],
-                width=config["width"], batch_norm=config["batch_norm"],
+    model = vgg(parse_config(config["model"]), num_classes, config["input_size"],
+                head=config["head"], width=config["width"], batch_norm=config["batch_norm"],
                 dropout=config["dropout"], hidden=tuple(config["hidden"]), init=config["init"],
                 seed=config["seed"], in_channels=in_channels)
     first_conv = next((layer for _, layer in model.named_layers()
