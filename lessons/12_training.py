@@ -1,0 +1,145 @@
+"""Lesson 12 -- training a small VGG: sanity checks first, then a short run with curves.
+
+    python lessons/12_training.py
+
+Saves the run (config.json, metrics.csv, last.npz, best.npz) in <out>/12_training/run/,
+which lesson 13 reuses; `minivgg eval <that folder>` evaluates it too.
+"""
+
+import math
+import time
+
+import numpy as np
+from _common import FAST, done, load_images, out_dir, plt, save, say, section, title
+
+import minivgg as mv
+from minivgg.checkpoint import write_json
+from minivgg.data import Dataset, Normalize
+from minivgg.experiment import (
+    DEFAULTS,
+    make_loaders,
+    make_model,
+    make_optimizer,
+    make_run_schedule,
+)
+from minivgg.gradcheck import compute_gradients, relative_error
+from minivgg.layers import Conv2D
+from minivgg.losses import SoftmaxCrossEntropy
+from minivgg.models import vgg
+from minivgg.plots import plot_curves
+from minivgg.train import Trainer, evaluate
+
+FIGURES = ["overfit_one_batch.png", "curves.png"]
+OUT = out_dir("12_training")
+RUN = OUT / "run"
+
+title("Lesson 12: training a small VGG on CIFAR-10")
+backend = mv.set_backend("auto")
+full = load_images()
+n_train, n_test, epochs = (384, 256, 2) if FAST else (2048, 1017, 4)
+ds = Dataset(full.name, full.train_images[:n_train], full.train_labels[:n_train],
+             full.test_images[:n_test], full.test_labels[:n_test], full.classes)
+config = {**DEFAULTS, "dataset": ds.name, "model": "A", "width": 0.25, "batch_norm": True,
+          "epochs": epochs, "batch_size": 64, "lr": 0.05, "schedule": "cosine",
+          "augment": "crop+flip", "seed": 0, "backend": backend}
+print(f"   {ds!r}; backend {backend!r}")
+print(f"   VGG-{config['model']}, width {config['width']}, batch norm, SGD momentum 0.9, lr "
+      f"{config['lr']} cosine, weight decay {config['weight_decay']}, batch "
+      f"{config['batch_size']}, {epochs} epochs, random crops and flips")
+normalize = Normalize.from_data(ds.train_images)
+loss_fn = SoftmaxCrossEntropy()
+
+section("Sanity check 1: the gradients of this very architecture")
+loss_fn = SoftmaxCrossEntropy()
+tiny = vgg(config["model"], num_classes=10, input_size=32, head="cifar", width=1 / 32,
+           batch_norm=True, seed=0, dtype=np.float64)
+xs = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
+labels = np.array([3, 7])
+grads = compute_gradients(tiny, xs, lambda y: (loss_fn.forward(y, labels), loss_fn.backward()),
+                          max_entries=3 if FAST else 6)
+conv_biases = {f"{path}.bias" for path, layer in tiny.named_layers() if isinstance(layer, Conv2D)}
+errs = {k: relative_error(a, b) for k, (_, a, b) in grads.items() if k not in conv_biases}
+print(f"   compute_gradients on a float64 copy at width 1/32: worst relative error "
+      f"{max(errs.values()):.1e} over {len(errs)} tensors (tolerance 1e-6)")
+biggest = max(max(np.abs(a).max(), np.abs(b).max())
+              for k, (_, a, b) in grads.items() if k in conv_biases)
+print(f"   the {len(conv_biases)} conv biases are the exception: batch norm subtracts the batch "
+      f"mean right after them,\n   so their gradient is exactly zero; analytic and numeric "
+      f"are both below {biggest:.0e} (rounding)")
+assert max(errs.values()) < 1e-6 and biggest < 1e-8
+
+section("Sanity check 2: the first loss")
+model = make_model(config, ds.num_classes, 3)
+x0 = normalize(ds.train_images[:256]).astype(np.float32)
+first = loss_fn.forward(model.forward(x0, training=False), ds.train_labels[:256])
+print(f"   untrained: loss {first:.4f} on 256 images; ln(10) = {math.log(10):.4f} "
+      f"(lesson 07: near-uniform guesses)")
+
+section("Sanity check 3: overfit one batch")
+n_batch = 16 if FAST else 32
+say(f"""
+    A network that cannot memorise {n_batch} pictures cannot learn 50,000. Trained on one
+    fixed batch, without augmentation, its loss must fall to ~0 and its accuracy reach 100 %.
+""")
+xb = normalize(ds.train_images[:n_batch]).astype(np.float32)
+yb = ds.train_labels[:n_batch]
+opt = make_optimizer({**config, "lr": 0.02, "weight_decay": 0.0}, model)
+history = []
+for _ in range(150):
+    logits = model.forward(xb, training=True)
+    loss = loss_fn.forward(logits, yb)
+    acc = float((logits.argmax(axis=1) == yb).mean())
+    history.append((loss, acc))
+    if acc == 1.0 and loss < 0.05:
+        break
+    model.backward(loss_fn.backward())
+    opt.step()
+print(f"   {n_batch} images: loss {history[0][0]:.3f} -> {history[-1][0]:.4f}, accuracy "
+      f"{history[0][1]:.0%} -> {history[-1][1]:.0%} in {len(history)} steps")
+assert history[-1][1] == 1.0, "the network could not overfit one batch: something is broken"
+fig, ax = plt.subplots(figsize=(5.5, 3.2))
+ax.semilogy([h[0] for h in history], label="loss")
+ax2 = ax.twinx()
+ax2.plot([100 * h[1] for h in history], color="tab:orange", label="accuracy (%)")
+ax.set_xlabel("step (the same batch every time)")
+ax.set_ylabel("loss (log)")
+ax2.set_ylabel("batch accuracy (%)")
+ax.set_title(f"overfitting one batch of {n_batch} images")
+save(fig, OUT, FIGURES[0])
+
+section("A short run")
+model = make_model(config, ds.num_classes, 3)          # a fresh network
+train_loader, test_loader = make_loaders(config, ds, normalize)
+optimizer = make_optimizer(config, model)
+schedule = make_run_schedule(config, len(train_loader))
+meta = {"classes": ds.classes, "normalize": normalize.state_dict(), "spec": model.spec,
+        "image_shape": list(ds.image_shape), "config": config}
+RUN.mkdir(parents=True, exist_ok=True)
+write_json(RUN / "config.json", config)
+trainer = Trainer(model, optimizer, schedule, train_loader, test_loader, RUN, epochs, meta,
+                  progress=False, log=lambda line: print("   " + line))
+t0 = time.perf_counter()
+result = trainer.fit()
+seconds = time.perf_counter() - t0
+final = evaluate(model, test_loader)
+counts = np.bincount(ds.test_labels, minlength=10)
+print(f"   {epochs} epochs of {len(train_loader)} batches in {seconds:.1f} s "
+      f"({epochs * len(train_loader) * config['batch_size'] / seconds:.0f} training images/s)")
+print(f"   test top-1 {final['top1']:.1f}% on {final['n']} images; chance "
+      f"{100 * counts.max() / counts.sum():.1f}% (always the most common class)")
+plot_curves(result["history"], OUT / FIGURES[1])
+print(f"   [figure] {OUT / FIGURES[1]}")
+print(f"   run folder: {RUN} ({', '.join(sorted(p.name for p in RUN.iterdir()))})")
+chance = 100 * counts.max() / counts.sum()
+if final["top1"] > chance + 5:
+    verdict = f"test accuracy is {final['top1'] / chance:.1f} x chance"
+else:
+    verdict = ("this run is too short to beat chance clearly" +
+               (" (fast mode: run without MINIVGG_LESSON_FAST)" if FAST else ""))
+say(f"""
+    {epochs} epochs on {n_train} pictures is far from the paper's 74 epochs on 1.3 million,
+    but the checks say the machinery is right: the first loss is ln(10), one batch is
+    memorised, and {verdict}. For a real run, all 50,000 CIFAR-10 images and 30 epochs:
+    `minivgg train --model A --width 0.25 --epochs 30` (its figures land in the run folder).
+""")
+done()
