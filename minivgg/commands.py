@@ -119,11 +119,12 @@ def overfit_batch(config, model, ds, normalize, n: int, max_steps: int = 300) ->
         logits = model.forward(x, training=True)
         loss = loss_fn.forward(logits, y)
         acc = float((logits.argmax(axis=1) == y).mean())
-        if step == 1 or step % 25 == 0 or acc == 1.0:
-            print(f"step {step:4d}: loss {loss:.4f}, batch accuracy {100 * acc:.1f}%")
         if acc == 1.0 and loss < 0.05:
-            print(f"ok: 100% on the batch after {step} steps")
+            print(f"step {step:4d}: loss {loss:.4f}, batch accuracy 100.0%\n"
+                  f"ok: 100% on the batch after {step} steps")
             return 0
+        if step == 1 or step % 10 == 0:
+            print(f"step {step:4d}: loss {loss:.4f}, batch accuracy {100 * acc:.1f}%")
         model.backward(loss_fn.backward())
         optimizer.step()
     print(f"FAILED: {100 * acc:.1f}% after {max_steps} steps (loss {loss:.4f}); something in "

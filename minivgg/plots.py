@@ -84,7 +84,7 @@ def plot_confusion(labels, predicted, classes, path) -> Path:
     return _save(fig, path)
 
 
-def plot_predictions(images, labels, predicted, classes, path, n: int = 24) -> Path:
+def plot_predictions(images, labels, predicted, classes, path, n: int = 18) -> Path:
     """The first ``n`` test images, titled "predicted / true" (red when wrong)."""
     n = min(n, len(images))
     cols = 6
@@ -137,20 +137,34 @@ def block_outputs(model, x) -> list[tuple[str, np.ndarray]]:
     return outs
 
 
+def tile(maps: np.ndarray, gap: int = 1) -> np.ndarray:
+    """(K, h, w) maps, each scaled to [0, 1], side by side with ``gap`` blank pixels."""
+    k, h, w = maps.shape
+    out = np.full((h, k * (w + gap) - gap), np.nan, dtype=np.float32)
+    for i, m in enumerate(maps):
+        lo, hi = m.min(), m.max()
+        out[:, i * (w + gap):i * (w + gap) + w] = (m - lo) / (hi - lo) if hi > lo else 0
+    return out
+
+
 def plot_feature_maps(model, image: np.ndarray, x, path, per_block: int = 8) -> Path:
-    """``image`` (C, H, W) for display, ``x`` (1, C, H, W) the network's input."""
+    """``image`` (C, H, W) for display, ``x`` (1, C, H, W) the network's input.
+
+    One row per block: the ``per_block`` most active channels after its max-pooling, each
+    scaled on its own (one picture per row keeps the figure quick to draw).
+    """
     outs = block_outputs(model, x)
-    fig, axes = plt.subplots(len(outs), per_block + 1,
-                             figsize=((per_block + 1) * 1.1, len(outs) * 1.2), squeeze=False)
-    for row, (name, maps) in zip(axes, outs):
-        for ax in row:
+    fig, axes = plt.subplots(len(outs), 2, figsize=(11, 1.3 * len(outs)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, per_block]})
+    for (ax_in, ax_maps), (name, maps) in zip(axes, outs):
+        ax_in.imshow(_as_picture(image), cmap="gray", interpolation="nearest")
+        strongest = np.sort(np.argsort(-maps.reshape(len(maps), -1).mean(axis=1))[:per_block])
+        ax_maps.imshow(tile(maps[strongest]), cmap="viridis", interpolation="nearest",
+                       aspect="equal")
+        ax_maps.set_title(f"{name}: {maps.shape[0]} maps of {maps.shape[1]}x{maps.shape[2]}; "
+                          f"channels {', '.join(str(c) for c in strongest)}", fontsize=7)
+        for ax in (ax_in, ax_maps):
             ax.axis("off")
-        row[0].imshow(_as_picture(image), cmap="gray", interpolation="nearest")
-        row[0].set_title("input", fontsize=7)
-        strongest = np.argsort(-maps.reshape(len(maps), -1).mean(axis=1))[:per_block]
-        for ax, c in zip(row[1:], strongest):
-            ax.imshow(maps[c], cmap="viridis", interpolation="nearest")
-            ax.set_title(f"{name} ch {c}\n{maps.shape[1]}x{maps.shape[2]}", fontsize=6)
     fig.suptitle("feature maps after each block (the most active channels)", fontsize=9)
     return _save(fig, path)
 

@@ -1,0 +1,125 @@
+"""The minivgg command: one-epoch runs that write a whole run folder, eval, predict, help,
+the offline error, resume, and the other sub-commands."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from minivgg.checkpoint import load_checkpoint, read_csv, read_json
+from minivgg.cli import build_parser, main
+from minivgg.data.shapes import SHAPE_CLASSES
+
+RUN_FILES = ["config.json", "metrics.csv", "last.npz", "best.npz", "curves.png",
+             "confusion.png", "predictions.png", "filters.png", "feature_maps.png"]
+QUICK = ["--width", "0.125", "--epochs", "1", "--batch-size", "32", "--no-progress",
+         "--backend", "numba"]
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "shapes"
+    assert main(["train", "--dataset", "shapes", "--limit", "96", "--out", str(run), *QUICK]) == 0
+    return run
+
+
+def test_train_on_shapes_writes_every_file_of_the_run_folder(shapes_run, capsys):
+    assert sorted(p.name for p in shapes_run.iterdir()) == sorted(RUN_FILES)
+    config = read_json(shapes_run / "config.json")
+    assert config["dataset"] == "shapes" and config["width"] == 0.125 and config["seed"] == 0
+    rows = read_csv(shapes_run / "metrics.csv")
+    assert len(rows) == 1 and 0 <= rows[0]["test_top1"] <= 100
+    _, optim, meta = load_checkpoint(shapes_run / "best.npz")
+    assert meta["classes"] == list(SHAPE_CLASSES)
+    assert len(meta["normalize"]["mean"]) == 3 and "momentum.features.0.weight" in optim
+
+
+def test_eval_prints_accuracy_per_class(shapes_run, capsys):
+    assert main(["eval", str(shapes_run), "--no-plots", "--backend", "numba"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "top-5" in out and "(after epoch 1)" in out
+
+
+def test_predict_on_a_png_written_here(shapes_run, tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    from minivgg.data import make_shapes
+    picture = make_shapes(n_train=0, n_test=1, seed=3).test_images[0].transpose(1, 2, 0)
+    big = np.kron(picture, np.ones((3, 3, 1), dtype=np.uint8))        # 96x96: gets resized
+    plt.imsave(tmp_path / "shape.png", big)
+    assert main(["predict", str(shapes_run), str(tmp_path / "shape.png")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    classes = load_checkpoint(shapes_run / "best.npz")[2]["classes"]
+    assert line.startswith(str(tmp_path / "shape.png"))
+    assert line.count("%") == 5 and sum(name in line for name in classes) == 5
+
+
+def test_resume_refuses_a_used_folder_and_continues_a_finished_run(shapes_run, capsys):
+    assert main(["train", "--dataset", "shapes", "--out", str(shapes_run), *QUICK]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(shapes_run), "--no-plots", "--no-progress"]) == 0
+    assert len(read_csv(shapes_run / "metrics.csv")) == 1       # nothing left to do
+
+
+def test_one_epoch_on_the_real_cifar10_subset(shared_cifar_dir, tmp_path):
+    run = tmp_path / "cifar"
+    assert main(["train", "--data-dir", str(shared_cifar_dir), "--limit", "128", "--out",
+                 str(run), *QUICK]) == 0
+    assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
+    assert load_checkpoint(run / "last.npz")[2]["classes"][:2] == ["airplane", "automobile"]
+
+
+def test_offline_train_fails_fast_naming_data_dir_and_shapes(tmp_path, monkeypatch, capsys):
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    start = time.perf_counter()
+    code = main(["train", "--data-dir", str(tmp_path / "empty"), "--no-progress"])
+    assert code == 2 and time.perf_counter() - start < 10
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and "--dataset shapes" in err and "cifar10" in err
+    assert "Traceback" not in err
+
+
+def test_overfit_batch_reaches_100_percent(capsys):
+    assert main(["train", "--dataset", "shapes", "--limit", "64", "--overfit-batch", "16",
+                 "--width", "0.125", "--backend", "numba", "--lr", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "ok: 100% on the batch" in out and "ln(10)" in out
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["predict"], ["summary"],
+                                     ["gradcheck"], ["bench"]])
+def test_every_help_exits_cleanly(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: minivgg" in out
+    if command == ["train"]:
+        for flag in ("--model", "--width", "--batch-norm", "--epochs", "--batch-size", "--lr",
+                     "--optimizer", "--schedule", "--augment", "--backend", "--dataset",
+                     "--data-dir", "--limit", "--seed", "--out", "--resume", "--overfit-batch"):
+            assert flag in out, flag
+        assert "(default: cifar10)" in out
+
+
+def test_train_defaults_are_the_documented_recipe():
+    args = build_parser().parse_args(["train"])
+    assert (args.dataset, args.model, args.batch_norm, args.optimizer) == ("cifar10", "A", True,
+                                                                          "sgd")
+    assert (args.momentum, args.weight_decay, args.augment) == (0.9, 5e-4, "crop+flip")
+
+
+def test_summary_gradcheck_and_bench(capsys):
+    assert main(["summary", "vgg11", "--input", "32", "--classes", "10", "--width", "0.25"]) == 0
+    assert "Conv2D" in capsys.readouterr().out
+    assert main(["gradcheck", "vgg11", "--width", "0.0625", "--input", "32"]) == 0
+    assert "ok: worst relative error" in capsys.readouterr().out
+    assert main(["bench", "--width", "0.125", "--steps", "2", "--batch-size", "8",
+                 "--backend", "numba"]) == 0
+    assert "training images/s" in capsys.readouterr().out

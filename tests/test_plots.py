@@ -1,0 +1,77 @@
+"""Every figure is a real PNG file of a sensible size, written atomically."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from minivgg.models import vgg
+from minivgg.plots import (
+    block_outputs,
+    confusion_matrix,
+    first_conv_weight,
+    plot_confusion,
+    plot_curves,
+    plot_feature_maps,
+    plot_filters,
+    plot_predictions,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path) -> tuple[int, int]:
+    """Check the signature and the IHDR chunk; return (width, height)."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG file"
+    assert data[12:16] == b"IHDR" and data[-8:-4] == b"IEND"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def check_png(path, min_side=150):
+    width, height = png_size(path)
+    assert min_side <= width <= 4000 and min_side <= height <= 4000, (path.name, width, height)
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return vgg("A", 10, 32, head="cifar", width=0.125, batch_norm=True, seed=0)
+
+
+def test_curves(tmp_path):
+    history = [{"epoch": e, "train_loss": 2 / e, "test_loss": 2.2 / e, "train_top1": 30 + e,
+                "test_top1": 28 + e} for e in range(1, 6)]
+    check_png(plot_curves(history, tmp_path / "curves.png"))
+
+
+def test_confusion_matrix_counts_and_plot(tmp_path):
+    labels, predicted = np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
+    counts = confusion_matrix(labels, predicted, 3)
+    np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+    check_png(plot_confusion(labels, predicted, ["cat", "dog", "frog"],
+                             tmp_path / "confusion.png"))
+
+
+def test_predictions_grid_grey_and_colour(tmp_path):
+    rng = np.random.default_rng(0)
+    for channels in (1, 3):
+        images = rng.integers(0, 256, (20, channels, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, 20)
+        check_png(plot_predictions(images, labels, labels[::-1], [str(i) for i in range(10)],
+                                   tmp_path / f"pred{channels}.png"))
+
+
+def test_filters_and_feature_maps(model, tmp_path):
+    weight = first_conv_weight(model)
+    assert weight.shape == (8, 3, 3, 3)
+    check_png(plot_filters(weight, tmp_path / "filters.png"), min_side=50)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    outs = block_outputs(model, x)
+    assert [m.shape for _, m in outs] == [(8, 16, 16), (16, 8, 8), (32, 4, 4), (64, 2, 2),
+                                          (64, 1, 1)]
+    image = np.zeros((3, 32, 32), np.uint8)
+    check_png(plot_feature_maps(model, image, x, tmp_path / "feature_maps.png"))
