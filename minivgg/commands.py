@@ -38,13 +38,15 @@ def _backend(name: str) -> str:
 
 def _data(config: dict):
     from minivgg.data import DownloadError
+    from minivgg.data.download import cache_dir
     try:
         return load_data(config)
     except (DownloadError, FileNotFoundError, OSError) as exc:
-        where = config.get("data_dir") or "the default cache folder"
-        raise UserError(f"could not load the data set {config['dataset']!r} from {where} "
-                        f"(no local copy, and the download failed: {exc}).\n{OFFLINE_HELP}"
-                        ) from None
+        where = cache_dir(config.get("data_dir"))
+        hint = ("\nTo train offline now: minivgg train --dataset shapes" if "--data-dir" in
+                str(exc) else f"\n{OFFLINE_HELP}")
+        raise UserError(f"could not load the data set {config['dataset']!r}: it is not in "
+                        f"{where} and could not be fetched.\n{exc}{hint}") from None
 
 
 # -- train ------------------------------------------------------------------------------
