@@ -173,11 +173,11 @@ class Trainer:
                 s["seen"] += len(y)
                 now = time.perf_counter() - start
                 rate = (s["seen"] - start_seen) / max(now, 1e-9)
+                bar.set_postfix_str(f"loss {s['loss'] / s['seen']:.3f}, acc "
+                                    f"{100 * s['correct'] / s['seen']:.1f}%, {rate:.0f} img/s, "
+                                    f"{self._time_left(now, i + 1 - first, i + 1, n)} left",
+                                    refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{s['loss'] / s['seen']:.3f}",
-                                acc=f"{100 * s['correct'] / s['seen']:.1f}%",
-                                img_s=f"{rate:.0f}",
-                                left=self._time_left(now, i + 1 - first, i + 1, n))
                 if on_step is not None:
                     on_step(self)
                 if self.stop_requested and self.batch < n:
