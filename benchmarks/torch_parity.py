@@ -1,0 +1,227 @@
+"""Train the same small VGG with minivgg and with PyTorch; compare test accuracy.
+
+Same network (VGG-A at width 0.25 with batch norm, one Dense layer to the classes), same
+initialisation scheme (He-normal fan-out convolutions, N(0, 0.01) Dense, zero biases,
+batch norm 1 / 0), same data (the real CIFAR-10 subset), same augmentation (4-pixel zero
+padding + random 32x32 crop + horizontal flip, then per-channel standardisation with the
+training set's statistics), same optimizer (SGD, momentum 0.9, weight decay 5e-4 on
+weights only, batch 128, last partial batch dropped) and the same schedule (cosine from
+lr 0.05 to 0, updated every step). The PyTorch side shares no code with minivgg: it reads
+the CIFAR pickles itself and uses torch's layers, optimizer and scheduler. The random
+draws differ (different generators), so the comparison is of means over seeds.
+
+    python benchmarks/torch_parity.py --data-dir ../shared/data/cifar10-subset \
+        --epochs 15 --seeds 0 1 2
+
+Writes benchmarks/results/train-parity-<machine>-<date>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CFG = {"model": "A", "width": 0.25, "batch_norm": True, "batch_size": 128, "lr": 0.05,
+       "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "augment": "crop+flip",
+       "crop_padding": 4, "eval_batch_size": 500}
+
+
+# -- minivgg ----------------------------------------------------------------------------
+def run_minivgg(data_dir: str, epochs: int, seed: int, out: Path) -> dict:
+    import minivgg as mv
+    from minivgg.checkpoint import write_json
+    from minivgg.data import Normalize
+    from minivgg.experiment import (
+        DEFAULTS,
+        load_data,
+        make_loaders,
+        make_model,
+        make_optimizer,
+        make_run_schedule,
+    )
+    from minivgg.train import Trainer
+    mv.set_backend("numba")
+    config = {**DEFAULTS, **CFG, "dataset": "cifar10", "data_dir": data_dir, "epochs": epochs,
+              "seed": seed, "backend": "numba"}
+    ds = load_data(config)
+    write_json(out / "config.json", config)        # the run folder `minivgg eval` can read
+    normalize = Normalize.from_data(ds.train_images)
+    train, test = make_loaders(config, ds, normalize)
+    model = make_model(config, ds.num_classes, 3)
+    optimizer = make_optimizer(config, model)
+    meta = {"classes": ds.classes, "spec": model.spec, "normalize": normalize.state_dict(),
+            "image_shape": list(ds.image_shape), "config": config}
+    trainer = Trainer(model, optimizer, make_run_schedule(config, len(train)), train, test,
+                      out, epochs, meta, progress=False, log=lambda *a: None)
+    t0 = time.perf_counter()
+    trainer.fit()
+    wall = time.perf_counter() - t0
+    last = trainer.history[-1]
+    return {"test_top1": last["test_top1"], "test_loss": last["test_loss"],
+            "train_top1": last["train_top1"], "wall_s": round(wall, 1),
+            "curve": [round(r["test_top1"], 2) for r in trainer.history]}
+
+
+# -- PyTorch, independently --------------------------------------------------------------
+def read_cifar(folder: Path):
+    folder = folder / "cifar-10-batches-py" if (folder / "cifar-10-batches-py").is_dir() else folder
+
+    def batch(name):
+        with open(folder / name, "rb") as f:      # the official files, trusted here
+            d = pickle.load(f, encoding="bytes")
+        return (np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32),
+                np.asarray(d[b"labels"], np.int64))
+    parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
+    xtr = np.concatenate([p[0] for p in parts])
+    ytr = np.concatenate([p[1] for p in parts])
+    xte, yte = batch("test_batch")
+    return xtr, ytr, xte, yte
+
+
+def torch_vgg(torch, nn, width: float, num_classes: int = 10):
+    layers, c = [], 3
+    for item in [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+            continue
+        out = max(1, int(round(item * width)))
+        layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        c = out
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c, num_classes))
+    for m in model.modules():                     # torchvision's VGG initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+def run_torch(data_dir: str, epochs: int, seed: int) -> dict:
+    import torch
+    from torch import nn
+    torch.manual_seed(seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    gen = torch.Generator().manual_seed(seed)
+    xtr, ytr, xte, yte = read_cifar(Path(data_dir))
+    mean = torch.tensor([xtr[:, c].mean(dtype=np.float64) for c in range(3)]).float()
+    std = torch.tensor([xtr[:, c].std(dtype=np.float64) for c in range(3)]).float()
+    norm = lambda x: (x.float() - mean[:, None, None]) / std[:, None, None]
+    xtr_t, ytr_t = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    xte_t, yte_t = norm(torch.from_numpy(xte)), torch.from_numpy(yte)
+    model = torch_vgg(torch, nn, CFG["width"])
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": CFG["weight_decay"]},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=CFG["lr"], momentum=CFG["momentum"])
+    b, p = CFG["batch_size"], CFG["crop_padding"]
+    steps = len(xtr) // b
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / (steps * epochs), 1.0))))
+    loss_fn, curve = nn.CrossEntropyLoss(), []
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(xtr), generator=gen)
+        correct = seen = 0
+        for i in range(steps):
+            idx = order[i * b:(i + 1) * b]
+            x = nn.functional.pad(xtr_t[idx], (p, p, p, p))          # zeros, as uint8
+            top = torch.randint(0, 2 * p + 1, (len(idx),), generator=gen)
+            left = torch.randint(0, 2 * p + 1, (len(idx),), generator=gen)
+            rows = (top[:, None] + torch.arange(32))[:, None, :, None]
+            cols = (left[:, None] + torch.arange(32))[:, None, None, :]
+            x = x[torch.arange(len(idx))[:, None, None, None], torch.arange(3)[None, :, None,
+                  None], rows, cols]
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x[flip] = x[flip].flip(3)
+            x, y = norm(x), ytr_t[idx]
+            out = model(x)
+            loss = loss_fn(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+        model.eval()
+        with torch.no_grad():
+            hits = sum(int((model(xte_t[j:j + 500]).argmax(1) == yte_t[j:j + 500]).sum())
+                       for j in range(0, len(xte_t), 500))
+        curve.append(round(100.0 * hits / len(xte_t), 2))
+    wall = time.perf_counter() - t0
+    return {"test_top1": curve[-1], "train_top1": 100.0 * correct / seen,
+            "wall_s": round(wall, 1), "curve": curve}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/cifar10-subset"))
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="/tmp/runs/parity")
+    ap.add_argument("--only", choices=("minivgg", "torch"), help="run one side only")
+    args = ap.parse_args()
+    import torch
+    results = {"minivgg": {}, "torch": {}}
+    for seed in args.seeds:
+        for side in ("minivgg", "torch"):
+            if args.only and side != args.only:
+                continue
+            r = (run_minivgg(args.data_dir, args.epochs, seed, Path(args.out) / f"seed{seed}")
+                 if side == "minivgg" else run_torch(args.data_dir, args.epochs, seed))
+            results[side][seed] = r
+            print(f"{side:8s} seed {seed}: test top-1 {r['test_top1']:.2f}%  "
+                  f"({r['wall_s']:.0f} s)  curve {r['curve']}", flush=True)
+    mean = {side: statistics.mean(r["test_top1"] for r in res.values())
+            for side, res in results.items() if res}
+    report = {
+        "what": "test top-1 after training the same VGG-A-BN (width 0.25) with minivgg "
+                "(numba backend) and PyTorch on the real CIFAR-10 subset",
+        "config": {**CFG, "epochs": args.epochs, "seeds": args.seeds,
+                   "data": args.data_dir},
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs (shared with other work)",
+        "cpu": _cpu_name(), "date": time.strftime("%Y-%m-%d"),
+        "versions": {"numpy": np.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "results": results, "mean_test_top1": mean,
+    }
+    if len(mean) == 2:
+        report["difference_points"] = round(mean["minivgg"] - mean["torch"], 2)
+        print(f"mean test top-1: minivgg {mean['minivgg']:.2f}%, torch {mean['torch']:.2f}% "
+              f"(difference {report['difference_points']:+.2f} points)")
+    out = ROOT / "benchmarks" / "results" / f"train-parity-{time.strftime('%Y-%m-%d')}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
