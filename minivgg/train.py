@@ -203,6 +203,11 @@ class Trainer:
         t0 = time.perf_counter()
         result = evaluate(self.model, self.test_loader)
         self.elapsed += time.perf_counter() - t0
+        if not math.isfinite(result["loss"]):          # the last update broke the weights
+            raise TrainingDiverged(
+                f"train: the test loss became {result['loss']} after epoch {self.epoch + 1} "
+                f"(lr {self.optimizer.lr:.4g}); training stopped and nothing of this epoch "
+                "was saved. Try a smaller --lr, a --warmup, or --batch-norm.")
         s = self.sums
         row = {"epoch": self.epoch + 1, "lr": self.optimizer.lr,
                "train_loss": s["loss"] / max(s["seen"], 1),
