@@ -15,7 +15,8 @@ from minivgg.kernels import reference
 from minivgg.kernels.reference import conv_output_size
 
 __all__ = ["im2col", "col2im", "maxpool_forward", "maxpool_backward", "relu_forward",
-           "relu_backward", "conv_output_size", "implementation"]
+           "relu_backward", "conv_output_size", "implementation", "winograd_conv_forward",
+           "winograd_conv_backward", "winograd_preferred"]
 
 
 def implementation(x):
@@ -51,3 +52,35 @@ def relu_forward(x):
 
 def relu_backward(dout, mask):
     return implementation(dout).relu_backward(dout, mask)
+
+
+# -- Winograd F(2x2, 3x3) convolution (winograd.py): NumPy arrays only -----------------------
+
+def _winograd(x):
+    impl = implementation(x)
+    if impl is reference:
+        from minivgg.kernels import winograd
+        return winograd
+    if impl.__name__.endswith(".cpu"):
+        from minivgg.kernels import winograd_cpu
+        return winograd_cpu
+    raise NotImplementedError(f"Winograd convolution: implemented for NumPy arrays (backends "
+                              f"'numpy' and 'numba'), got a {type(x).__module__} array; "
+                              f"use Conv2D(algorithm='im2col') on the GPU")
+
+
+def winograd_preferred(x) -> bool:
+    """What Conv2D(algorithm="auto") picks for ``x`` where Winograd applies (3x3, s1, p1).
+
+    True on the Numba backend only: measured faster there (benchmarks/results/). The NumPy
+    backend stays the readable im2col specification; CuPy has no Winograd kernels.
+    """
+    return implementation(x).__name__.endswith(".cpu")
+
+
+def winograd_conv_forward(x, w, bias=None, out=None):
+    return _winograd(x).winograd_conv_forward(x, w, bias, out=out)
+
+
+def winograd_conv_backward(dout, v, w, x_shape, input_grad=True):
+    return _winograd(dout).winograd_conv_backward(dout, v, w, x_shape, input_grad)

@@ -86,16 +86,19 @@ def transform_input(x):
     return v.transpose(4, 5, 0, 2, 3, 1).reshape(16, n * th * tw, c)
 
 
-def winograd_conv_forward(x, w, bias=None):
+def winograd_conv_forward(x, w, bias=None, out=None):
     """3x3, stride-1, padding-1 convolution of ``x`` (N, C, H, W) with ``w`` (F, C, 3, 3).
 
     Returns ``(y, V)``: y (N, F, H, W) as im2col would compute it, and the transformed input
-    tiles V (16, T, C) that the backward pass needs.
+    tiles V (16, T, C) that the backward pass needs (written into ``out`` if given).
     """
     n, _, h, wd = x.shape
     f = w.shape[0]
     th, tw = tile_grid(h, wd)
     v = transform_input(x)
+    if out is not None:
+        out[...] = v
+        v = out
     m = v @ transform_filters(w)                                   # (16, T, F)
     m = m.reshape(4, 4, n, th, tw, f).transpose(2, 3, 4, 5, 0, 1)  # (N, th, tw, F, 4, 4)
     at = AT.astype(x.dtype)
