@@ -170,3 +170,15 @@ def test_evaluate_returns_predictions(shapes, tmp_path):
     out = evaluate(trainer.model, trainer.test_loader, predictions=True)
     assert out["n"] == 32 and out["predicted"].shape == (32,)
     assert out["top1"] == pytest.approx(100 * (out["predicted"] == out["labels"]).mean())
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_weights_broken_by_an_epochs_last_step_are_not_saved(shapes, tmp_path):
+    trainer = make_trainer(shapes, tmp_path, epochs=1)
+
+    def poison(t):
+        if t.batch == len(t.train_loader):
+            t.model.parameters()[-2].data[...] = np.inf
+    with pytest.raises(TrainingDiverged, match="test loss became nan"):
+        trainer.fit(on_step=poison)
+    assert not (tmp_path / "last.npz").exists() and not (tmp_path / "metrics.csv").exists()
