@@ -3,8 +3,7 @@
     python lessons/01_images_as_arrays.py
 """
 
-import numpy as np
-from _common import FAST, done, load_images, out_dir, plt, save, say, section, title
+from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
 
 from minivgg.data import Normalize
 

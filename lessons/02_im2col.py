@@ -5,8 +5,7 @@
 
 import tracemalloc
 
-import numpy as np
-from _common import FAST, done, out_dir, plt, save, say, section, title
+from _common import FAST, done, np, out_dir, plt, save, say, section, title
 
 from minivgg.kernels import reference
 from minivgg.kernels.reference import conv_output_size, im2col

@@ -3,8 +3,7 @@
     python lessons/03_convolution.py
 """
 
-import numpy as np
-from _common import FAST, done, load_images, out_dir, plt, save, say, section, timed, title
+from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, timed, title
 
 import minivgg as mv
 from minivgg.kernels.reference import conv2d_naive, im2col

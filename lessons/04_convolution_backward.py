@@ -3,8 +3,7 @@
     python lessons/04_convolution_backward.py
 """
 
-import numpy as np
-from _common import FAST, done, out_dir, plt, save, say, section, title
+from _common import FAST, done, np, out_dir, plt, save, say, section, title
 
 import minivgg as mv
 from minivgg.gradcheck import check_layer, compute_gradients, relative_error

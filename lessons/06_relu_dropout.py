@@ -3,8 +3,7 @@
     python lessons/06_relu_dropout.py
 """
 
-import numpy as np
-from _common import FAST, done, load_images, out_dir, plt, save, say, section, title
+from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
 
 import minivgg as mv
 from minivgg.gradcheck import check_layer

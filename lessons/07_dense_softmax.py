@@ -5,8 +5,7 @@
 
 import math
 
-import numpy as np
-from _common import FAST, done, load_images, out_dir, plt, save, say, section, title
+from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
 
 import minivgg as mv
 from minivgg.data import Normalize

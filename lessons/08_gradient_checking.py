@@ -3,8 +3,7 @@
     python lessons/08_gradient_checking.py
 """
 
-import numpy as np
-from _common import done, out_dir, plt, save, say, section, title
+from _common import done, np, out_dir, plt, save, say, section, title
 
 import minivgg as mv
 from minivgg.gradcheck import check_layer, check_model, compute_gradients, relative_error

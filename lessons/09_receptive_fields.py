@@ -3,8 +3,7 @@
     python lessons/09_receptive_fields.py
 """
 
-import numpy as np
-from _common import FAST, done, out_dir, plt, save, say, section, title
+from _common import FAST, done, np, out_dir, plt, save, say, section, title
 
 import minivgg as mv
 from minivgg.layers import Conv2D, MaxPool2D

@@ -3,8 +3,7 @@
     python lessons/10_vgg_table1.py
 """
 
-import numpy as np
-from _common import done, out_dir, plt, save, say, section, title
+from _common import done, np, out_dir, plt, save, say, section, title
 
 from minivgg.layers import Conv2D, Dense
 from minivgg.models import ALIASES, VGG_CONFIGS, vgg

@@ -3,10 +3,12 @@
     python lessons/11_backends.py
 """
 
+import os
+import subprocess
+import sys
 import time
 
-import numpy as np
-from _common import FAST, done, out_dir, plt, save, say, section, timed, title
+from _common import FAST, done, np, out_dir, plt, save, say, section, timed, title
 from numba import njit
 
 import minivgg as mv
@@ -18,7 +20,7 @@ from minivgg.losses import SoftmaxCrossEntropy
 from minivgg.models import vgg
 from minivgg.optim import SGD
 
-FIGURES = ["timings.png"]
+FIGURES = ["timings.png", "blas_threads.png"]
 OUT = out_dir("11_backends")
 
 title("Lesson 11: one set of layers, three sets of kernels")
@@ -212,5 +214,57 @@ ax.set_title(f"backends on this machine (JIT compile of a fresh function: "
              f"{t_compile * 1e3:.0f} ms)", fontsize=9)
 ax.legend()
 save(fig, OUT, FIGURES[0])
+section("Threads: more is not always faster")
+say("""
+    OpenBLAS splits each matrix product over the cores, and its threads spin while they
+    wait for work. When other programs also want the cores, a spinning thread can hold a
+    core its partner needs. The thread count is fixed when NumPy loads, so each setting
+    runs in a fresh process: one training step of the small VGG-A above, batch 64.
+""")
+CHILD = f"""
+import time, numpy as np, minivgg as mv
+from minivgg.models import vgg
+from minivgg.losses import SoftmaxCrossEntropy
+from minivgg.optim import SGD
+mv.set_backend("numba")
+model = vgg("A", 10, 32, head="cifar", width={width}, seed=0)
+opt, loss_fn = SGD(model, lr=0.01), SoftmaxCrossEntropy()
+x = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
+y = np.arange(64) % 10
+times = []
+for _ in range({4 if FAST else 8}):
+    t = time.perf_counter()
+    loss_fn.forward(model.forward(x), y)
+    model.backward(loss_fn.backward())
+    opt.step()
+    times.append(time.perf_counter() - t)
+print(np.median(times[1:]))
+"""
+per_threads = {"1": [], "2": []}
+for _ in range(2):                                    # the settings take turns
+    for threads in per_threads:
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        per_threads[threads].append(float(out.split()[-1]))
+load = os.getloadavg()[0]
+for threads, values in per_threads.items():
+    print(f"   OPENBLAS_NUM_THREADS={threads}: {1e3 * min(values):7.1f} ms per step "
+          f"(best of two processes)")
+ratio = min(per_threads["2"]) / min(per_threads["1"])
+print(f"   two BLAS threads take {ratio:.2f} x the time of one, with the machine's load "
+      f"average at {load:.1f} on {os.cpu_count()} cores")
+say("""
+    On an idle machine two threads win on large products (the project's notes measured
+    one core at 79 GFLOP/s, two at 136-184); on a busy one, or for small matrices, one
+    thread can be far faster. The lessons default to one BLAS thread
+    (MINIVGG_LESSON_THREADS in lessons/_common.py); measure before you choose.
+""")
+fig, ax = plt.subplots(figsize=(5, 3))
+ax.bar([f"{t} BLAS thread{'s' if t != '1' else ''}" for t in per_threads],
+       [1e3 * min(v) for v in per_threads.values()], color=["tab:green", "tab:orange"])
+ax.set_ylabel("ms per training step")
+ax.set_title(f"VGG-A width {width}, batch 64 (load average {load:.1f})", fontsize=9)
+save(fig, OUT, FIGURES[1])
 mv.set_backend("auto")
 done()

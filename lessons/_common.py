@@ -7,6 +7,11 @@ Environment variables:
     MINIVGG_LESSON_FAST   1: smaller inputs, fewer steps -- the same logic, for CI
     MINIVGG_LESSON_DATA   "cifar10" (default: the real subset when present) or "shapes"
                           (the offline synthetic set)
+    MINIVGG_LESSON_THREADS  BLAS threads (default 1; 0 keeps the library's default). The
+                          lessons' matrices are small, and on a busy 2-core machine
+                          OpenBLAS's spinning threads made a small VGG's training step
+                          10x slower (lesson 11 measures it). Import NumPy from here
+                          (``from _common import np``): the setting must come first.
 """
 
 from __future__ import annotations
@@ -17,7 +22,12 @@ import textwrap
 import time
 from pathlib import Path
 
-import matplotlib
+_threads = os.environ.get("MINIVGG_LESSON_THREADS", "1")
+if _threads != "0":
+    for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
+
+import matplotlib  # noqa: E402  (after the thread settings: it loads NumPy)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

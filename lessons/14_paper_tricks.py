@@ -1,0 +1,185 @@
+"""Lesson 14 -- the paper's tricks: LRN (A vs A-LRN), initialising D from a trained A,
+and dense evaluation of an image larger than the training crops.
+
+    python lessons/14_paper_tricks.py
+"""
+
+import time
+
+from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
+
+import minivgg as mv
+from minivgg.checkpoint import load_checkpoint
+from minivgg.data import Compose, DataLoader, HorizontalFlip, Normalize
+from minivgg.layers import Conv2D, LocalResponseNorm
+from minivgg.losses import SoftmaxCrossEntropy
+from minivgg.models import init_from, to_dense_eval, vgg
+from minivgg.optim import SGD
+from minivgg.train import evaluate
+
+FIGURES = ["lrn_scale.png", "init_from_a.png", "dense_evaluation.png"]
+OUT = out_dir("14_paper_tricks")
+
+title("Lesson 14: three tricks from the VGG paper, measured")
+mv.set_backend("auto")
+ds = load_images()
+n_train, n_test, epochs = (256, 128, 1) if FAST else (2048, 1017, 3)
+normalize = Normalize.from_data(ds.train_images)
+test_loader = DataLoader(ds.test_images[:n_test], ds.test_labels[:n_test], batch_size=256,
+                         shuffle=False, transform=normalize)
+WIDTH = 0.125
+print(f"   {n_train} training images, {n_test} test images, {epochs} epoch(s) per network; "
+      f"width {WIDTH}, no batch norm (the paper had none), He initialisation")
+
+
+def build(config, seed=0):
+    return vgg(config, num_classes=10, input_size=32, head="cifar", width=WIDTH, seed=seed)
+
+
+def train(model, label):
+    """SGD with momentum over the same batches (same seed) for every network."""
+    loader = DataLoader(ds.train_images[:n_train], ds.train_labels[:n_train], batch_size=64,
+                        seed=0, transform=Compose([HorizontalFlip(), normalize]),
+                        drop_last=True)
+    opt = SGD(model, lr=0.02, momentum=0.9, weight_decay=5e-4)
+    loss_fn, losses, t0 = SoftmaxCrossEntropy(), [], time.perf_counter()
+    for _ in range(epochs):
+        for x, y in loader:
+            losses.append(loss_fn.forward(model.forward(x, training=True), y))
+            model.backward(loss_fn.backward())
+            opt.step()
+    seconds = time.perf_counter() - t0
+    top1 = evaluate(model, test_loader)["top1"]
+    print(f"   {label:14s}: loss {losses[0]:.3f} -> {np.mean(losses[-5:]):.3f} (mean of the last "
+          f"5 steps), test top-1 {top1:.1f}%, {1e3 * seconds / len(losses):.0f} ms per step")
+    return losses, top1, seconds / len(losses)
+
+
+section("Local response normalisation: A versus A-LRN")
+say("""
+    A-LRN is A with AlexNet's LRN after the first convolution: each activation is divided
+    by (k + alpha * sum of squares of its 5 channel neighbours)^beta, k = 2, alpha = 1e-4,
+    beta = 0.75. What does it do to this network's activations?
+""")
+a_lrn = build("A-LRN")
+first_conv, lrn = a_lrn["features"][0], a_lrn["features"][2]
+assert isinstance(first_conv, Conv2D) and isinstance(lrn, LocalResponseNorm)
+x0 = normalize(ds.train_images[:32]).astype(np.float32)
+relu_out = a_lrn["features"][1].forward(first_conv.forward(x0, False), False)
+lrn_out = lrn.forward(relu_out, training=False)
+active = relu_out > 0
+scale = (lrn_out[active] / relu_out[active])
+print(f"   on 32 normalised images: LRN multiplies each active unit by {scale.mean():.4f} on "
+      f"average (min {scale.min():.4f}, max {scale.max():.4f}); 2^-0.75 = {2 ** -0.75:.4f}")
+say("""
+    With activations of order 1, alpha * sum a^2 ~ 1e-4 is negligible next to k = 2, so
+    LRN is nearly a constant factor 2^-0.75, which the next convolution's weights absorb.
+    (AlexNet fed pixel values up to 255, where the sum matters.) The paper found no gain
+    from LRN (its Table 3: A 29.6 %, A-LRN 29.7 % top-1 error) and dropped it from B-E.
+""")
+fig, ax = plt.subplots(figsize=(5.5, 3))
+ax.hist(scale, bins=50)
+ax.axvline(2 ** -0.75, color="tab:red", ls="--", label="2^-0.75")
+ax.set_xlabel("LRN output / input, per active unit")
+ax.set_title("LRN on this network's first-layer activations")
+ax.legend()
+save(fig, OUT, FIGURES[0])
+model_a = build("A")
+losses_a, top1_a, step_a = train(model_a, "A")
+losses_lrn, top1_lrn, step_lrn = train(a_lrn, "A-LRN")
+_, top1_a1, _ = train(build("A", seed=1), "A, seed 1")
+print(f"   A-LRN costs {100 * (step_lrn / step_a - 1):+.0f}% time per step; its test accuracy "
+      f"differs from A's by {top1_lrn - top1_a:+.1f} points,\n   while A with another seed "
+      f"differs by {top1_a1 - top1_a:+.1f}: one short run each cannot separate them")
+
+section("Initialising D from a trained A")
+say("""
+    The paper trained A from random weights, then started the deeper networks with A's
+    first four convolutions and its fully connected layers, the rest random (Sect. 3.1).
+    init_from copies them by their Caffe names (conv1_1, conv2_1, conv3_1, conv3_2):
+""")
+d_random, d_from_a = build("D"), build("D")
+pairs = init_from(d_from_a, model_a)
+for dst, src in pairs:
+    print(f"   D.{dst:22s} <- A.{src}")
+same = all(np.array_equal(dict(d_from_a.named_parameters())[f"{dst}.weight"].data,
+                          dict(model_a.named_parameters())[f"{src}.weight"].data)
+           for dst, src in pairs)
+print(f"   copied weights identical: {same}; D's other "
+      f"{sum(1 for _, m in d_from_a.named_layers() if isinstance(m, Conv2D)) - 4} "
+      "convolutions keep their random start")
+losses_dr, top1_dr, _ = train(d_random, "D, random")
+losses_da, top1_da, _ = train(d_from_a, "D, from A")
+fig, ax = plt.subplots(figsize=(6, 3.4))
+for losses, label in ((losses_a, "A (random start)"), (losses_dr, "D, random start"),
+                      (losses_da, "D, initialised from A")):
+    ax.plot(losses, label=label)
+ax.axhline(np.log(10), color="gray", ls=":", label="ln(10)")
+ax.set_xlabel("step (same batches for every network)")
+ax.set_ylabel("training loss")
+ax.set_title(f"D from A: test top-1 {top1_da:.1f}% vs {top1_dr:.1f}% from random")
+ax.legend(fontsize=8)
+save(fig, OUT, FIGURES[1])
+say("""
+    With He initialisation (which the paper did not have) D also trains from scratch;
+    the paper's authors noted the same later: Glorot initialisation made pre-training
+    unnecessary. The figure shows how much head start A's layers give in this setting.
+""")
+
+section("Dense evaluation: the classifier as convolutions")
+CHECKPOINT = OUT.parent / "12_training" / "run" / "best.npz"
+if CHECKPOINT.is_file():                       # lesson 12's network was trained for longer
+    state, _, meta = load_checkpoint(CHECKPOINT)
+    model_a = vgg(**{**meta["spec"], "hidden": tuple(meta["spec"]["hidden"])})
+    model_a.load_state_dict(state)
+    normalize = Normalize(**meta["normalize"])
+    print(f"   using lesson 12's VGG-A ({CHECKPOINT})")
+dense = to_dense_eval(model_a)
+print("   to_dense_eval(A): the Dense head becomes a convolution; the network now takes any "
+      "size:")
+x32 = normalize(ds.test_images[:8]).astype(np.float32)
+diff = np.abs(mv.asnumpy(dense.forward(x32, False)) - mv.asnumpy(model_a.forward(x32, False)))
+print(f"   on 32 x 32 test images it gives the same logits: max |difference| {diff.max():.1e}")
+picks = [int(np.flatnonzero(ds.test_labels == k)[0]) for k in (0, 3, 7, 8)]
+quads = ds.test_images[picks]
+mosaic = np.concatenate([np.concatenate([quads[0], quads[1]], axis=2),
+                         np.concatenate([quads[2], quads[3]], axis=2)], axis=1)[None]
+xm = normalize(mosaic).astype(np.float32)
+score_map = mv.asnumpy(to_dense_eval(model_a, average=False).forward(xm, False))[0]
+averaged = mv.asnumpy(dense.forward(xm, False))[0]
+alone = mv.asnumpy(model_a.forward(normalize(quads).astype(np.float32), False))
+print(f"   a 64 x 64 mosaic of four test images -> class-score map {score_map.shape} "
+      "(one score vector per 32-pixel step)")
+for cell, (r, c) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+    print(f"     cell ({r},{c}): true {ds.classes[ds.test_labels[picks[cell]]]:10s} map says "
+          f"{ds.classes[score_map[:, r, c].argmax()]:10s} the quadrant alone says "
+          f"{ds.classes[alone[cell].argmax()]}")
+print(f"   averaged over the map (the paper's sum-pooling): "
+      f"{ds.classes[averaged.argmax()]!r}")
+cells = [score_map[:, r, c].argmax() for r, c in ((0, 0), (0, 1), (1, 0), (1, 1))]
+agree = sum(int(a == b) for a, b in zip(cells, alone.argmax(axis=1)))
+print(f"   the map agrees with the quadrants seen alone in {agree} of 4 cells")
+say("""
+    A map cell is not its quadrant alone: its receptive field (lesson 09: 150 pixels for
+    A) spans the whole mosaic, so the neighbours leak in where a lone 32 x 32 image had
+    zero padding -- context this network never saw in training. The paper trained on
+    crops of larger rescaled images, so its network had seen such context. The gain of
+    dense evaluation is in the cost:
+""")
+macs_dense = dense.summary((3, 64, 64), print_fn=None).macs
+macs_crop = model_a.summary((3, 32, 32), print_fn=None).macs
+print(f"   dense evaluation of the 64 x 64 image: {macs_dense / 1e6:.1f} M MACs; nine "
+      f"overlapping 32 x 32 crops (stride 16): {9 * macs_crop / 1e6:.1f} M MACs "
+      f"({9 * macs_crop / macs_dense:.1f} x more): the convolutions are shared")
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+axes[0].imshow(mosaic[0].transpose(1, 2, 0))
+for r, c in ((0, 0), (0, 1), (1, 0), (1, 1)):
+    axes[0].text(32 * c + 16, 32 * r + 29, ds.classes[score_map[:, r, c].argmax()],
+                 ha="center", color="yellow", fontsize=8, fontweight="bold")
+axes[0].set_title("mosaic and the map's class per cell")
+axes[0].axis("off")
+probs = np.exp(averaged - averaged.max())
+axes[1].barh(ds.classes, probs / probs.sum())
+axes[1].set_title("averaged class scores (softmax)")
+save(fig, OUT, FIGURES[2])
+done()
