@@ -114,11 +114,11 @@ def torch_vgg(torch, nn, width: float, num_classes: int = 10):
     return model
 
 
-def run_torch(data_dir: str, epochs: int, seed: int) -> dict:
+def run_torch(data_dir: str, epochs: int, seed: int, threads: int) -> dict:
     import torch
     from torch import nn
     torch.manual_seed(seed)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(seed)
     xtr, ytr, xte, yte = read_cifar(Path(data_dir))
     mean = torch.tensor([xtr[:, c].mean(dtype=np.float64) for c in range(3)]).float()
@@ -177,27 +177,42 @@ def main():
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/cifar10-subset"))
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default="/tmp/runs/parity")
+    ap.add_argument("--out", default="/tmp/runs/parity", help="run folders and per-run JSON")
     ap.add_argument("--only", choices=("minivgg", "torch"), help="run one side only")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="PyTorch's threads (1 is faster on a busy machine)")
+    ap.add_argument("--report", action="store_true",
+                    help="train nothing; collect the per-run JSON files of --out into the result")
     args = ap.parse_args()
-    import torch
-    results = {"minivgg": {}, "torch": {}}
-    for seed in args.seeds:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in [] if args.report else args.seeds:
         for side in ("minivgg", "torch"):
             if args.only and side != args.only:
                 continue
-            r = (run_minivgg(args.data_dir, args.epochs, seed, Path(args.out) / f"seed{seed}")
-                 if side == "minivgg" else run_torch(args.data_dir, args.epochs, seed))
-            results[side][seed] = r
+            r = (run_minivgg(args.data_dir, args.epochs, seed, out / f"seed{seed}")
+                 if side == "minivgg" else
+                 run_torch(args.data_dir, args.epochs, seed, args.threads))
+            r.update(side=side, seed=seed, epochs=args.epochs)
+            (out / f"{side}-seed{seed}.json").write_text(json.dumps(r, indent=2) + "\n")
             print(f"{side:8s} seed {seed}: test top-1 {r['test_top1']:.2f}%  "
                   f"({r['wall_s']:.0f} s)  curve {r['curve']}", flush=True)
-    mean = {side: statistics.mean(r["test_top1"] for r in res.values())
+    write_report(out, args)
+
+
+def write_report(out: Path, args) -> None:
+    import torch
+    results = {"minivgg": {}, "torch": {}}
+    for path in sorted(out.glob("*-seed*.json")):
+        r = json.loads(path.read_text())
+        if r["epochs"] == args.epochs:
+            results[r["side"]][r["seed"]] = r
+    mean = {side: round(statistics.mean(r["test_top1"] for r in res.values()), 2)
             for side, res in results.items() if res}
     report = {
         "what": "test top-1 after training the same VGG-A-BN (width 0.25) with minivgg "
                 "(numba backend) and PyTorch on the real CIFAR-10 subset",
-        "config": {**CFG, "epochs": args.epochs, "seeds": args.seeds,
-                   "data": args.data_dir},
+        "config": {**CFG, "epochs": args.epochs, "data": args.data_dir},
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs (shared with other work)",
         "cpu": _cpu_name(), "date": time.strftime("%Y-%m-%d"),
         "versions": {"numpy": np.__version__, "torch": torch.__version__,
@@ -208,9 +223,9 @@ def main():
         report["difference_points"] = round(mean["minivgg"] - mean["torch"], 2)
         print(f"mean test top-1: minivgg {mean['minivgg']:.2f}%, torch {mean['torch']:.2f}% "
               f"(difference {report['difference_points']:+.2f} points)")
-    out = ROOT / "benchmarks" / "results" / f"train-parity-{time.strftime('%Y-%m-%d')}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    path = ROOT / "benchmarks" / "results" / f"train-parity-{time.strftime('%Y-%m-%d')}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def _cpu_name() -> str:
