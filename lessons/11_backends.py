@@ -14,6 +14,7 @@ from numba import njit
 import minivgg as mv
 from minivgg import kernels
 from minivgg.backend import cupy_problem
+from minivgg.gradcheck import relative_error
 from minivgg.kernels import cpu
 from minivgg.layers import Conv2D
 from minivgg.losses import SoftmaxCrossEntropy
@@ -99,12 +100,13 @@ def synchronize(name):
         cupy.cuda.Device().synchronize()
 
 
-def conv_closures(name):
+def conv_closures(name, algorithm):
     """Outputs and gradients of the conv on one backend, and closures that time it."""
     mv.set_backend(name)
-    layer = Conv2D(c, f, rng=np.random.default_rng(3))        # same weights on every backend
+    layer = Conv2D(c, f, rng=np.random.default_rng(3), algorithm=algorithm)  # same weights
     layer.to("gpu" if name == "cupy" else "cpu")
     xd, dd = mv.to_device(x), mv.to_device(dout)
+    chosen = "winograd" if layer.uses_winograd(xd) else "im2col"
 
     def forward():
         y = layer.forward(xd, training=True)
@@ -119,39 +121,51 @@ def conv_closures(name):
 
     y, dx = forward(), forward_backward()
     outputs = (mv.asnumpy(y), mv.asnumpy(dx), mv.asnumpy(layer.weight.grad).copy())
-    return outputs, {"conv forward": forward, "conv forward+backward": forward_backward}
+    return chosen, outputs, {"forward": forward, "forward+backward": forward_backward}
 
 
 def interleaved(closures, repeat):
-    """Median time of each closure, the backends taking turns (a busy machine's noise then
-    hits all of them alike)."""
+    """Median time of each closure, the variants taking turns (a busy machine's noise then
+    hits all of them alike). ``closures``: {key: (backend, fn)}."""
     samples = {key: [] for key in closures}
     for _ in range(repeat):
-        for (name, what), fn in closures.items():
+        for key, (name, fn) in closures.items():
             mv.set_backend(name)
             t0 = time.perf_counter()
             fn()
-            samples[name, what].append(time.perf_counter() - t0)
+            samples[key].append(time.perf_counter() - t0)
     return {key: float(np.median(v)) for key, v in samples.items()}
 
 
-results, closures = {}, {}
-for name in backends:
-    results[name], fns = conv_closures(name)
-    closures.update({(name, what): fn for what, fn in fns.items()})
+variants = [(name, "auto") for name in backends] + [("numba", "im2col")]
+results, closures, labels = {}, {}, []
+for name, algorithm in variants:
+    chosen, outputs, fns = conv_closures(name, algorithm)
+    label = f"{name}, {chosen}" + (" (auto)" if algorithm == "auto" else "")
+    if label in labels:          # "auto" already chose im2col on this backend
+        continue
+    labels.append(label)
+    results[label] = outputs
+    closures.update({(label, what): (name, fn) for what, fn in fns.items()})
 medians = interleaved(closures, repeat)
-times = {name: {"conv forward": medians[name, "conv forward"],
-                "conv backward": medians[name, "conv forward+backward"]
-                - medians[name, "conv forward"]} for name in backends}
-for name in backends:
-    t_f, t_b = times[name]["conv forward"], times[name]["conv backward"]
-    print(f"   {name:6s}: forward {t_f * 1e3:7.1f} ms, backward {t_b * 1e3:7.1f} ms "
-          f"(x {x.shape}, {f} filters 3x3; medians of {repeat}, backends taking turns)")
-ref = results["numpy"]
-for name in backends[1:]:
-    diffs = [np.abs(a - b).max() for a, b in zip(results[name], ref)]
-    print(f"   {name} vs numpy: max |difference| y {diffs[0]:.1e}, dx {diffs[1]:.1e}, "
-          f"dW {diffs[2]:.1e}")
+conv_times = {label: {what: medians[label, what] for what in ("forward", "forward+backward")}
+              for label in labels}
+print(f"   x {x.shape}, {f} filters 3x3; medians of {repeat}, the variants taking turns:")
+for label in labels:
+    t = conv_times[label]
+    print(f"   {label:24s}: forward {t['forward'] * 1e3:7.1f} ms, forward + backward "
+          f"{t['forward+backward'] * 1e3:7.1f} ms")
+ref = results[labels[0]]
+for label in labels[1:]:
+    errs = [relative_error(a, b) for a, b in zip(results[label], ref)]
+    print(f"   {label} vs {labels[0]}: relative error y {errs[0]:.1e}, dx {errs[1]:.1e}, "
+          f"dW {errs[2]:.1e}" + ("  (identical)" if max(errs) == 0 else "  (rounding)"))
+say("""
+    Conv2D(algorithm="auto") lets the dispatcher choose: the im2col + GEMM of lessons 02-04
+    everywhere, or Winograd's F(2x2, 3x3) (16 multiplications per 2 x 2 output tile
+    instead of 36) where the package measured it faster (kernels.winograd_preferred).
+    The results agree: im2col bit for bit across backends, Winograd to float32 rounding.
+""")
 
 section("A whole training step")
 batch, width = (16, 0.25) if FAST else (32, 0.5)
@@ -179,48 +193,53 @@ def step_closure(name):
     return first_loss, mv.asnumpy(model["features"][0].weight.data).copy(), step
 
 
-after, steps, first = {}, {}, {}
+after, steps, first, step_times = {}, {}, {}, {}
 for name in backends:
-    first[name], after[name], steps[name, "train step"] = step_closure(name)
+    first[name], after[name], step = step_closure(name)
+    steps[name] = (name, step)
 medians = interleaved(steps, repeat)
 for name in backends:
-    t = times[name]["train step"] = medians[name, "train step"]
+    t = step_times[name] = medians[name]
     print(f"   {name:6s}: VGG-A width {width}, batch {batch}: {t * 1e3:7.1f} ms per step = "
           f"{batch / t:6.0f} images/s (first loss {first[name]:.4f})")
 for name in backends[1:]:
     print(f"   after one step, first-layer weights {name} vs numpy: max |difference| "
           f"{np.abs(after[name] - after['numpy']).max():.1e}")
-fastest = min(backends, key=lambda b: times[b]["train step"])
+fastest = min(backends, key=lambda b: step_times[b])
 print("   speed-up of the training step over the NumPy reference: " + ", ".join(
-    f"{b} {times['numpy']['train step'] / times[b]['train step']:.2f} x" for b in backends[1:])
+    f"{b} {step_times['numpy'] / step_times[b]:.2f} x" for b in backends[1:])
       + f"; fastest here: {fastest}")
 say("""
-    The GEMMs are the same OpenBLAS calls on both CPU backends; what Numba can win is the
-    rest (im2col, col2im, pooling, ReLU) in parallel compiled loops over NHWC memory,
-    where the reference makes k*k strided copies and transposes. On a busy shared
-    machine timings swing by tens of per cent: rerun, and compare only numbers measured
-    side by side, as here.
+    The matrix products are OpenBLAS calls on both CPU backends; what Numba wins is the
+    rest (im2col, col2im, pooling, ReLU, Winograd's transforms) in parallel compiled
+    loops over NHWC memory, where the reference makes k*k strided copies and transposes.
+    On a busy shared machine timings swing by tens of per cent: rerun, and compare only
+    numbers measured side by side, as here.
 """)
 
-fig, ax = plt.subplots(figsize=(7, 3.4))
-labels = list(times["numpy"])
-xs_bar = np.arange(len(labels))
-for i, name in enumerate(backends):
-    ax.bar(xs_bar + (i - (len(backends) - 1) / 2) * 0.8 / len(backends),
-           [times[name][k] * 1e3 for k in labels], 0.8 / len(backends), label=name)
-ax.set_xticks(xs_bar, labels)
-ax.set_ylabel("milliseconds (median)")
-ax.set_title(f"backends on this machine (JIT compile of a fresh function: "
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+xs_bar = np.arange(2)
+for i, label in enumerate(labels):
+    axes[0].bar(xs_bar + (i - (len(labels) - 1) / 2) * 0.8 / len(labels),
+                [conv_times[label][k] * 1e3 for k in ("forward", "forward+backward")],
+                0.8 / len(labels), label=label)
+axes[0].set_xticks(xs_bar, ["conv forward", "conv forward + backward"])
+axes[0].set_ylabel("milliseconds (median)")
+axes[0].legend(fontsize=7)
+axes[0].set_title(f"one Conv2D, x {x.shape}", fontsize=9)
+axes[1].bar(backends, [step_times[b] * 1e3 for b in backends], color="tab:purple")
+axes[1].set_title(f"training step, VGG-A width {width}, batch {batch}", fontsize=9)
+fig.suptitle(f"backends on this machine (JIT compile of a fresh function: "
              f"{t_compile * 1e3:.0f} ms)", fontsize=9)
-ax.legend()
 save(fig, OUT, FIGURES[0])
 section("Threads: more is not always faster")
 say("""
     OpenBLAS splits each matrix product over the cores, and its threads spin while they
     wait for work. When other programs also want the cores, a spinning thread can hold a
     core its partner needs. The thread count is fixed when NumPy loads, so each setting
-    runs in a fresh process: one training step of the small VGG-A above, batch 64.
+    runs in a fresh process: training steps of the small VGG-A above.
 """)
+child_batch, child_steps, rounds = (16, 3, 1) if FAST else (64, 6, 2)
 CHILD = f"""
 import time, numpy as np, minivgg as mv
 from minivgg.models import vgg
@@ -229,10 +248,10 @@ from minivgg.optim import SGD
 mv.set_backend("numba")
 model = vgg("A", 10, 32, head="cifar", width={width}, seed=0)
 opt, loss_fn = SGD(model, lr=0.01), SoftmaxCrossEntropy()
-x = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
-y = np.arange(64) % 10
+x = np.random.default_rng(0).standard_normal(({child_batch}, 3, 32, 32)).astype(np.float32)
+y = np.arange({child_batch}) % 10
 times = []
-for _ in range({4 if FAST else 8}):
+for _ in range({child_steps}):
     t = time.perf_counter()
     loss_fn.forward(model.forward(x), y)
     model.backward(loss_fn.backward())
@@ -241,7 +260,7 @@ for _ in range({4 if FAST else 8}):
 print(np.median(times[1:]))
 """
 per_threads = {"1": [], "2": []}
-for _ in range(2):                                    # the settings take turns
+for _ in range(rounds):                               # the settings take turns
     for threads in per_threads:
         env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
@@ -250,7 +269,7 @@ for _ in range(2):                                    # the settings take turns
 load = os.getloadavg()[0]
 for threads, values in per_threads.items():
     print(f"   OPENBLAS_NUM_THREADS={threads}: {1e3 * min(values):7.1f} ms per step "
-          f"(best of two processes)")
+          f"(median of {child_steps - 1} steps, best of {rounds} process(es))")
 ratio = min(per_threads["2"]) / min(per_threads["1"])
 print(f"   two BLAS threads take {ratio:.2f} x the time of one, with the machine's load "
       f"average at {load:.1f} on {os.cpu_count()} cores")
@@ -264,7 +283,7 @@ fig, ax = plt.subplots(figsize=(5, 3))
 ax.bar([f"{t} BLAS thread{'s' if t != '1' else ''}" for t in per_threads],
        [1e3 * min(v) for v in per_threads.values()], color=["tab:green", "tab:orange"])
 ax.set_ylabel("ms per training step")
-ax.set_title(f"VGG-A width {width}, batch 64 (load average {load:.1f})", fontsize=9)
+ax.set_title(f"VGG-A width {width}, batch {child_batch} (load average {load:.1f})", fontsize=9)
 save(fig, OUT, FIGURES[1])
 mv.set_backend("auto")
 done()
