@@ -67,14 +67,16 @@ say("""
     receptive field with 27/49 = 55 % of the weights of a single 7 x 7 layer, and
     makes the decision function more non-linear.
 """)
-fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
+fig, axes = plt.subplots(1, 3, figsize=(11, 4))
 for ax, grad, depth in zip(axes, maps, (1, 2, 3)):
     ax.imshow(grad, cmap="viridis")
     ax.set_title(f"{depth} x conv3x3: sees {2 * depth + 1} x {2 * depth + 1}\n"
-                 f"({depth * 9} weights per channel pair vs {(2 * depth + 1) ** 2})")
+                 f"{depth * 9} weights per channel pair\n(one {2 * depth + 1}x{2 * depth + 1}: "
+                 f"{(2 * depth + 1) ** 2})", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-fig.suptitle("gradient of one output unit w.r.t. the input (weights all 1: path counts)")
+fig.suptitle("gradient of one output unit w.r.t. the input (weights all 1: path counts)",
+             y=1.02)
 save(fig, OUT, FIGURES[0])
 
 section("Through max-pooling")
