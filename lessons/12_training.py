@@ -9,8 +9,7 @@ which lesson 13 reuses; `minivgg eval <that folder>` evaluates it too.
 import math
 import time
 
-import numpy as np
-from _common import FAST, done, load_images, out_dir, plt, save, say, section, title
+from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
 
 import minivgg as mv
 from minivgg.checkpoint import write_json
@@ -34,9 +33,9 @@ OUT = out_dir("12_training")
 RUN = OUT / "run"
 
 title("Lesson 12: training a small VGG on CIFAR-10")
-backend = mv.set_backend("auto")
+backend = mv.set_backend("numba")   # on the CPU; on a GPU: minivgg train --backend cupy
 full = load_images()
-n_train, n_test, epochs = (384, 256, 2) if FAST else (2048, 1017, 4)
+n_train, n_test, epochs = (384, 256, 2) if FAST else (4096, 1017, 4)
 ds = Dataset(full.name, full.train_images[:n_train], full.train_labels[:n_train],
              full.test_images[:n_test], full.test_labels[:n_test], full.classes)
 config = {**DEFAULTS, "dataset": ds.name, "model": "A", "width": 0.25, "batch_norm": True,

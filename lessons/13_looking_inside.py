@@ -34,7 +34,7 @@ OUT = out_dir("13_looking_inside")
 CHECKPOINT = OUT.parent / "12_training" / "run" / "best.npz"
 
 title("Lesson 13: what the network learned")
-mv.set_backend("auto")
+mv.set_backend("numba")   # on the CPU, like every lesson (lesson 11 compares backends)
 ds = load_images()
 if CHECKPOINT.is_file():
     state, _, meta = load_checkpoint(CHECKPOINT)

@@ -21,7 +21,7 @@ FIGURES = ["lrn_scale.png", "init_from_a.png", "dense_evaluation.png"]
 OUT = out_dir("14_paper_tricks")
 
 title("Lesson 14: three tricks from the VGG paper, measured")
-mv.set_backend("auto")
+mv.set_backend("numba")   # on the CPU, like every lesson (lesson 11 compares backends)
 ds = load_images()
 n_train, n_test, epochs = (256, 128, 1) if FAST else (2048, 1017, 3)
 normalize = Normalize.from_data(ds.train_images)
