@@ -9,7 +9,19 @@ which lesson 13 reuses; `minivgg eval <that folder>` evaluates it too.
 import math
 import time
 
-from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
+from _common import (
+    FAST,
+    cifar_folder,
+    done,
+    load_images,
+    np,
+    out_dir,
+    plt,
+    save,
+    say,
+    section,
+    title,
+)
 
 import minivgg as mv
 from minivgg.checkpoint import write_json
@@ -38,9 +50,10 @@ full = load_images()
 n_train, n_test, epochs = (384, 256, 2) if FAST else (4096, 1017, 4)
 ds = Dataset(full.name, full.train_images[:n_train], full.train_labels[:n_train],
              full.test_images[:n_test], full.test_labels[:n_test], full.classes)
-config = {**DEFAULTS, "dataset": ds.name, "model": "A", "width": 0.25, "batch_norm": True,
-          "epochs": epochs, "batch_size": 64, "lr": 0.05, "schedule": "cosine",
-          "augment": "crop+flip", "seed": 0, "backend": backend}
+data_dir = cifar_folder() if ds.name == "cifar10" else None
+config = {**DEFAULTS, "dataset": ds.name, "data_dir": data_dir and str(data_dir),
+          "model": "A", "width": 0.25, "batch_norm": True, "epochs": epochs, "batch_size": 64,
+          "lr": 0.05, "schedule": "cosine", "augment": "crop+flip", "seed": 0, "backend": backend}
 print(f"   {ds!r}; backend {backend!r}")
 print(f"   VGG-{config['model']}, width {config['width']}, batch norm, SGD momentum 0.9, lr "
       f"{config['lr']} cosine, weight decay {config['weight_decay']}, batch "

@@ -82,6 +82,12 @@ def timed(fn, repeat: int = 3) -> float:
     return float(np.median(times))
 
 
+def cifar_folder():
+    """The folder holding the real CIFAR-10 subset beside the project, or None."""
+    found = (CIFAR_SUBSET / "cifar-10-batches-py" / "batches.meta").is_file()
+    return CIFAR_SUBSET if found else None
+
+
 def load_images(n_shapes_train: int = 2000, n_shapes_test: int = 500):
     """Real CIFAR-10 pictures when they can be had offline, else the synthetic shapes set.
 
@@ -90,7 +96,7 @@ def load_images(n_shapes_train: int = 2000, n_shapes_test: int = 500):
     """
     from minivgg.data import load_cifar10, make_shapes
     if os.environ.get("MINIVGG_LESSON_DATA", "cifar10") != "shapes":
-        for folder in (CIFAR_SUBSET, None):
+        for folder in (cifar_folder(), None):
             try:
                 return load_cifar10(data_dir=folder, download=False)
             except (FileNotFoundError, OSError):
