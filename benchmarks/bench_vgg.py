@@ -3,12 +3,15 @@
     .venv/bin/python benchmarks/bench_vgg.py              # batch 64 and 128, 5 rounds
     .venv/bin/python benchmarks/bench_vgg.py --quick      # batch 64, 2 rounds
     .venv/bin/python benchmarks/bench_vgg.py --batch 64 --profile
+    .venv/bin/python benchmarks/bench_vgg.py --quick --loss-steps 5   # + im2col/Winograd losses
 
 Network: VGG configuration A at 32x32 (3x3 convs with padding 1 + ReLU, 2x2 max-pool),
 Flatten(512), Dense 512 -> 10; 9,225,610 parameters; float32; softmax cross-entropy;
-SGD with momentum 0.9. Built here from minivgg.layers so the benchmark does not depend
-on models/vgg.py. The first convolution computes no input gradient (neither does PyTorch's,
-whose input does not require a gradient).
+SGD with momentum 0.9. Variants: "minivgg:BACKEND" (Conv2D's default algorithm, "auto"),
+"minivgg:numba-im2col" and "minivgg:numba-winograd" (every convolution forced to one
+algorithm), "torch:nchw" and "torch:channels_last". Built here from minivgg.layers so the
+benchmark does not depend on models/vgg.py. The first convolution computes no input
+gradient (neither does PyTorch's, whose input does not require a gradient).
 
 Timing: all variants live in one process and are timed in interleaved rounds (a shared VM
 drifts by 15-25 %, so a variant timed alone in a quiet minute would look better than it is);
@@ -44,7 +47,7 @@ LR, MOMENTUM = 0.01, 0.9
 
 # -- the network, both ways ----------------------------------------------------------------------
 
-def minivgg_model(seed=0):
+def minivgg_model(seed=0, algorithm="auto"):
     from minivgg.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
     from minivgg.models.sequential import Sequential
     rng, layers, c = np.random.default_rng(seed), [], 3
@@ -52,7 +55,7 @@ def minivgg_model(seed=0):
         if v == "M":
             layers.append(MaxPool2D(2, 2))
         else:
-            layers += [Conv2D(c, v, 3, 1, 1, rng=rng), ReLU()]
+            layers += [Conv2D(c, v, 3, 1, 1, rng=rng, algorithm=algorithm), ReLU()]
             c = v
     model = Sequential(*layers, Flatten(), Dense(512, 10, rng=rng))
     model[0].input_grad = False            # the data needs no gradient
@@ -78,12 +81,13 @@ def torch_model(channels_last):
 class MinivggRunner:
     """One training step = forward, loss, backward, SGD with momentum (written inline)."""
 
-    def __init__(self, backend, batch):
+    def __init__(self, name, batch):
         import minivgg as mv
         from minivgg.losses import SoftmaxCrossEntropy
+        backend, _, algorithm = name.partition("-")        # "numba-winograd" -> numba, winograd
         self.backend, self.mv = backend, mv
         mv.set_backend(backend)
-        self.model = minivgg_model()
+        self.model = minivgg_model(algorithm=algorithm or "auto")
         rng = np.random.default_rng(1)
         x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
         if backend == "cupy":
@@ -96,13 +100,14 @@ class MinivggRunner:
     def train_step(self):
         self.mv.set_backend(self.backend)          # variants share the process
         out = self.model.forward(self.x, training=True)
-        self.loss.forward(out, self.y)
+        value = self.loss.forward(out, self.y)
         self.model.backward(self.loss.backward())
         for p, v in zip(self.params, self.velocity):   # v = mu v - lr g;  w = w + v
             v *= MOMENTUM
             v -= LR * p.grad
             p.data += v
         self.sync()
+        return float(value)
 
     def infer(self):
         self.mv.set_backend(self.backend)
@@ -163,7 +168,7 @@ def available_variants():
     import minivgg.backend as b
     variants = ["minivgg:numpy"]
     if b._numba_available():
-        variants.append("minivgg:numba")
+        variants += ["minivgg:numba-im2col", "minivgg:numba-winograd"]
     if b.cupy_problem() is None:
         variants.append("minivgg:cupy")
     try:
@@ -268,9 +273,9 @@ def versions():
     return found
 
 
-def profile_numba_step(batch, steps=3):
+def profile_numba_step(batch, name="numba", steps=3):
     """Time each layer's forward and backward inside a Numba training step."""
-    runner, totals = MinivggRunner("numba", batch), {}
+    runner, totals = MinivggRunner(name, batch), {}
     for i, layer in enumerate(runner.model.layers):
         for phase in ("forward", "backward"):
             fn = getattr(layer, phase)
@@ -287,11 +292,23 @@ def profile_numba_step(batch, steps=3):
     for _ in range(steps):
         runner.train_step()
     step = (time.perf_counter() - t) / steps
-    print(f"\nProfile, numba, batch {batch}: {step * 1000:.0f} ms per training step")
+    print(f"\nProfile, {name}, batch {batch}: {step * 1000:.0f} ms per training step")
     for key, v in sorted(totals.items(), key=lambda kv: -kv[1])[:15]:
         print(f"  {v / steps * 1000:7.1f} ms  {v / steps / step:5.1%}  {key}")
     rest = step - sum(totals.values()) / steps
     print(f"  {rest * 1000:7.1f} ms  {rest / step:5.1%}  loss + SGD update + Python")
+
+
+def compare_losses(batch, steps):
+    """float32 training losses of im2col and Winograd from the same weights and batch."""
+    curves = {}
+    for name in ("numba-im2col", "numba-winograd"):
+        runner = MinivggRunner(name, batch)
+        curves[name] = [runner.train_step() for _ in range(steps)]
+    print(f"\nfloat32 losses over {steps} SGD steps (batch {batch}, same start):")
+    for i, (a, b) in enumerate(zip(*curves.values())):
+        print(f"  step {i}: im2col {a:.7f}  winograd {b:.7f}  relative diff {abs(a - b) / a:.1e}")
+    return curves
 
 
 def main():
@@ -302,6 +319,8 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="training steps per round")
     ap.add_argument("--variants", nargs="+", default=None, help="e.g. minivgg:numba torch:nchw")
     ap.add_argument("--profile", action="store_true", help="print a per-layer Numba profile")
+    ap.add_argument("--loss-steps", type=int, default=0,
+                    help="train im2col and Winograd from the same start; print both losses")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--worker-memory", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -315,11 +334,14 @@ def main():
         variants = [v for v in variants if v != "minivgg:numpy"]
     if args.profile:
         for b in batches:
-            profile_numba_step(b)
+            for name in [v.split(":")[1] for v in variants if v.startswith("minivgg:numba")]:
+                profile_numba_step(b, name)
+    losses = compare_losses(batches[0], args.loss_steps) if args.loss_steps else None
 
-    rows = []
+    rows, load = [], {"before": os.getloadavg()}
     for batch in batches:
         speeds, gpu = time_interleaved(variants, batch, rounds, args.steps)
+        load[f"after batch {batch}"] = os.getloadavg()
         for v in variants:
             memory = measure_memory(v, batch)
             for mode in ("train", "infer"):
@@ -337,10 +359,11 @@ def main():
             best = max(torch_rows, key=lambda r: r["img_s"])
             row["vs_torch_best"] = row["img_s"] / best["img_s"]
             row["memory_vs_torch_best"] = row["peak_rss_mb"] / best["peak_rss_mb"]
-    jit = measure_jit() if "minivgg:numba" in variants else None
+    jit = measure_jit() if any(v.startswith("minivgg:numba") for v in variants) else None
 
     print(f"\nVGG-11-CIFAR (config A, 32x32, 9,225,610 parameters), float32, "
-          f"{machine_info()['cpu']}, {os.cpu_count()} cores; median of {rounds} rounds\n")
+          f"{machine_info()['cpu']}, {os.cpu_count()} cores; median of {rounds} rounds; "
+          f"load average (1 min) " + ", ".join(f"{k} {v[0]:.1f}" for k, v in load.items()) + "\n")
     print("| variant | batch | mode | img/s (min-max) | vs PyTorch best | peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -368,7 +391,8 @@ def main():
                                "momentum": MOMENTUM, "dtype": "float32",
                                "NUMBA_THREADING_LAYER":
                                    os.environ.get("NUMBA_THREADING_LAYER", "workqueue (minivgg)")},
-                  "results": rows, "numba_startup": jit}
+                  "load_average": load, "results": rows, "numba_startup": jit,
+                  "losses_im2col_vs_winograd": losses}
         path.write_text(json.dumps(record, indent=2) + "\n")
         print(f"\nwrote {path.relative_to(ROOT)}")
 

@@ -2,7 +2,8 @@
 
 Same functions, same results (to rounding) as winograd.py, whose docstring has the math.
 The five transforms below are compiled loops over C-contiguous NHWC memory (layout.py);
-the 16 matrix products in between are one ``np.matmul`` each way on (16, T, .) stacks.
+the 16 matrix products in between are BLAS GEMMs on (16, T, .) stacks, shared out among
+threads as whole GEMMs (blas.py: far faster than 16 multi-threaded GEMMs on a busy machine).
 
 - Tiles are numbered row = (n, ty, tx); the innermost loop of every transform runs over
   channels, which are contiguous in NHWC images and in the (16, T, C) tile stacks alike.
@@ -23,6 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from minivgg.backend import configure_numba_threads
+from minivgg.kernels.blas import matmul_stack
 from minivgg.kernels.layout import as_nhwc, nchw
 from minivgg.kernels.winograd import applies, tile_grid
 
@@ -241,7 +243,7 @@ def winograd_conv_forward(x, w, bias=None, out=None):
                          f"{shape}, got {out.dtype} {out.shape}")
     v = np.empty(shape, dtype=x.dtype) if out is None else out
     _input_transform(as_nhwc(x), th, tw, v)
-    m = np.matmul(v, _filters(w), out=_scratch("M", (16, n * th * tw, f), x.dtype))
+    m = matmul_stack(v, _filters(w), _scratch("M", (16, n * th * tw, f), x.dtype))
     y = np.empty((n, h, wd, f), dtype=x.dtype)
     b = np.zeros(f, dtype=x.dtype) if bias is None else bias
     _output_transform(m, b, th, tw, y)
@@ -255,13 +257,13 @@ def winograd_conv_backward(dout, v, w, x_shape, input_grad=True):
     th, tw = tile_grid(h, wd)
     dm = _scratch("dM", (16, n * th * tw, f), v.dtype)
     _output_grad_transform(as_nhwc(dout), th, tw, dm)
-    du = np.matmul(v.transpose(0, 2, 1), dm)                       # (16, C, F)
+    du = matmul_stack(v.transpose(0, 2, 1), dm, _scratch("dU", (16, c, f), v.dtype))
     dw = np.empty((f, c, 3, 3), dtype=v.dtype)
     _filter_grad_transform(du, dw)
     if not input_grad:
         return None, dw
-    dv = np.matmul(dm, _filters(w).transpose(0, 2, 1),
-                   out=_scratch("dV", (16, n * th * tw, c), v.dtype))
+    dv = matmul_stack(dm, _filters(w).transpose(0, 2, 1),
+                      _scratch("dV", (16, n * th * tw, c), v.dtype))
     dx = np.empty((n, h, wd, c), dtype=v.dtype)
     _input_grad_gather(dv, th, tw, _B.astype(v.dtype), dx)
     return nchw(dx), dw
