@@ -161,20 +161,26 @@ def _output_grad_transform(dy, th, tw, dm):
                 _put4(dm, 12, row, f, _a(a3, b3))
 
 
+@njit(inline="always")
+def _gt(m0, m1, m2, m3):
+    """Gᵀ m for a column of four: the transpose of the filter transform along one axis."""
+    return m0 + 0.5 * (m1 + m2), 0.5 * (m1 - m2), 0.5 * (m1 + m2) + m3
+
+
 @njit(parallel=True, cache=True)
 def _filter_grad_transform(du, dw):
     """dw[f, c] = Gᵀ dU G: the transpose of the filter transform."""
     f_, c_ = dw.shape[0], dw.shape[1]
-    gt = np.array([[1.0, 0.5, 0.5, 0.0], [0.0, 0.5, -0.5, 0.0], [0.0, 0.5, 0.5, 1.0]])
     for c in prange(c_):
         for f in range(f_):
-            for i in range(3):
-                for j in range(3):
-                    s = 0.0
-                    for k in range(4):
-                        for l in range(4):
-                            s += gt[i, k] * gt[j, l] * du[4 * k + l, c, f]
-                    dw[f, c, i, j] = s
+            # Gᵀ dU: the four columns; then each row of the result times G
+            a0, a1, a2 = _gt(du[0, c, f], du[4, c, f], du[8, c, f], du[12, c, f])
+            b0, b1, b2 = _gt(du[1, c, f], du[5, c, f], du[9, c, f], du[13, c, f])
+            c0, c1, c2 = _gt(du[2, c, f], du[6, c, f], du[10, c, f], du[14, c, f])
+            e0, e1, e2 = _gt(du[3, c, f], du[7, c, f], du[11, c, f], du[15, c, f])
+            dw[f, c, 0, 0], dw[f, c, 0, 1], dw[f, c, 0, 2] = _gt(a0, b0, c0, e0)
+            dw[f, c, 1, 0], dw[f, c, 1, 1], dw[f, c, 1, 2] = _gt(a1, b1, c1, e1)
+            dw[f, c, 2, 0], dw[f, c, 2, 1], dw[f, c, 2, 2] = _gt(a2, b2, c2, e2)
 
 
 # B's rows as (column index, sign) lists: (B dV Bᵀ)[i, j] = sum B[i,k] B[j,l] dV[k, l]

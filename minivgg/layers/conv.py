@@ -44,8 +44,8 @@ class Conv2D(Layer):
 
     ``algorithm``: "im2col" (the above, for every convolution), "winograd" (F(2x2, 3x3),
     kernels/winograd.py: 2.25x fewer multiplications, for 3x3 stride-1 padding-1 only; NumPy
-    arrays only), or "auto" (the default: Winograd where it applies on the Numba backend,
-    where it is measured faster, im2col everywhere else). Both give the same values to
+    arrays only), or "auto" (the default: Winograd where it applies on the Numba backend with
+    >= 16 input channels, where it is measured faster; im2col elsewhere). Both agree to
     rounding; Winograd caches its transformed input tiles instead of ``cols``.
     """
 

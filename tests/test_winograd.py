@@ -1,0 +1,176 @@
+"""Winograd F(2x2, 3x3) convolution against im2col, finite differences and itself.
+
+Float32 tolerance: every Winograd transform is a short sum with coefficients 0, +-1/2, +-1
+(exact in binary), so beyond im2col's own rounding it adds a few roundings of partial sums
+of magnitude up to ~4x the inputs (input transform) and ~9x (output transform). Relative
+to the largest output that is a few ulps (eps32 = 1.2e-7): we allow 2e-6 = ~17 ulps, and
+measure ~1e-7 - 3e-7 in practice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minivgg as mv
+from minivgg import kernels
+from minivgg.gradcheck import check_layer
+from minivgg.kernels import winograd, winograd_cpu
+from minivgg.kernels.reference import conv2d_naive
+from minivgg.layers import Conv2D
+
+F32_TOL = 2e-6
+SHAPES = [(2, 3, 5, 5, 4), (1, 2, 7, 6, 3), (2, 4, 1, 1, 2), (1, 3, 2, 2, 5), (2, 5, 8, 8, 6),
+          (1, 16, 4, 3, 8)]
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    before = mv.get_backend()
+    yield
+    mv.set_backend(before)
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def conv_grads_reference(x, w, dout):
+    """dx and dw of a 3x3 stride-1 pad-1 convolution by the im2col reference kernels."""
+    n, c, h, wd = x.shape
+    f = w.shape[0]
+    cols = kernels.reference.im2col(x, 3, 3, 1, 1)
+    dy = dout.transpose(0, 2, 3, 1).reshape(-1, f)
+    dw = (dy.T @ cols).reshape(w.shape)
+    dx = kernels.reference.col2im(dy @ w.reshape(f, -1), x.shape, 3, 3, 1, 1)
+    return dx, dw
+
+
+@pytest.mark.parametrize("impl", [winograd, winograd_cpu], ids=["numpy", "numba"])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, F32_TOL)])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_im2col(rng, impl, dtype, tol, shape):
+    n, c, h, w, f = shape
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((f, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    y, v = impl.winograd_conv_forward(x, wt, b)
+    x64, w64 = x.astype(np.float64), wt.astype(np.float64)
+    assert y.dtype == dtype and v.dtype == dtype
+    assert rel(y, conv2d_naive(x64, w64, b.astype(np.float64), 1, 1)) < tol
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw = impl.winograd_conv_backward(dout, v, wt, x.shape)
+    dx_ref, dw_ref = conv_grads_reference(x64, w64, dout.astype(np.float64))
+    assert dx.dtype == dtype and dw.dtype == dtype
+    assert rel(dx, dx_ref) < tol
+    assert rel(dw, dw_ref) < tol
+    none, dw2 = impl.winograd_conv_backward(dout, v, wt, x.shape, input_grad=False)
+    assert none is None and np.array_equal(dw, dw2)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_input_gradient_is_a_convolution_with_rotated_filters(rng, shape):
+    """dx = conv(dout, w rotated 180 degrees, in/out channels swapped), by the same routine."""
+    n, c, h, w, f = shape
+    x, wt = rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, 3, 3))
+    y, v = winograd.winograd_conv_forward(x, wt)
+    dout = rng.standard_normal(y.shape)
+    dx, _ = winograd.winograd_conv_backward(dout, v, wt, x.shape)
+    rotated = np.ascontiguousarray(wt[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    assert rel(dx, winograd.winograd_conv_forward(dout, rotated)[0]) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_numba_agrees_with_numpy(rng, dtype):
+    x = rng.standard_normal((3, 8, 9, 10)).astype(dtype)
+    wt = rng.standard_normal((6, 8, 3, 3)).astype(dtype)
+    y, v = winograd.winograd_conv_forward(x, wt)
+    y2, v2 = winograd_cpu.winograd_conv_forward(x, wt, out=np.empty_like(v))
+    np.testing.assert_array_equal(v, v2)        # the input transform: same sums, same order
+    tol = 1e-13 if dtype == np.float64 else 1e-6
+    assert rel(y2, y) < tol
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    for a, b in zip(winograd_cpu.winograd_conv_backward(dout, v2, wt, x.shape),
+                    winograd.winograd_conv_backward(dout, v, wt, x.shape)):
+        assert rel(a, b) < tol
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("hw", [(5, 5), (7, 7), (1, 1), (2, 2), (6, 3)])
+def test_conv2d_winograd_gradients(rng, backend, hw):
+    mv.set_backend(backend)
+    layer = Conv2D(3, 4, rng=rng, algorithm="winograd").astype(np.float64)
+    layer.bias.data[:] = rng.standard_normal(4)
+    errors = check_layer(layer, rng.standard_normal((2, 3) + hw), tol=1e-7)
+    assert set(errors) == {"input", "weight", "bias"}
+
+
+def test_conv2d_algorithms_agree_in_a_layer(rng):
+    mv.set_backend("numba")
+    a = Conv2D(8, 16, rng=np.random.default_rng(0), algorithm="im2col")
+    b = Conv2D(8, 16, rng=np.random.default_rng(0), algorithm="winograd")
+    x = rng.standard_normal((4, 8, 6, 6)).astype(np.float32)
+    for _ in range(2):                             # the second pass reuses the buffers
+        ya, yb = a.forward(x), b.forward(x)
+        assert rel(yb, ya) < F32_TOL
+        dout = rng.standard_normal(ya.shape).astype(np.float32)
+        assert rel(b.backward(dout), a.backward(dout)) < F32_TOL
+        assert rel(b.weight.grad, a.weight.grad) < F32_TOL
+        assert rel(b.bias.grad, a.bias.grad) < F32_TOL
+    b.input_grad = False
+    b.forward(x)
+    assert b.backward(dout) is None
+
+
+def test_float32_training_follows_im2col(rng):
+    """A few SGD steps of a small net: the loss curves of the two algorithms agree."""
+    from minivgg.layers import Dense, Flatten, MaxPool2D, ReLU
+    from minivgg.losses import SoftmaxCrossEntropy
+    from minivgg.models.sequential import Sequential
+    mv.set_backend("numba")
+    x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 5, 16)
+    curves = []
+    for algorithm in ("im2col", "winograd"):
+        r = np.random.default_rng(7)
+        model = Sequential(Conv2D(3, 8, rng=r, algorithm=algorithm), ReLU(), MaxPool2D(),
+                           Conv2D(8, 16, rng=r, algorithm=algorithm), ReLU(), MaxPool2D(),
+                           Flatten(), Dense(64, 5, rng=r))
+        loss, curve = SoftmaxCrossEntropy(), []
+        for _ in range(8):
+            curve.append(float(loss.forward(model.forward(x), labels)))
+            model.backward(loss.backward())
+            for p in model.parameters():
+                p.data -= 0.05 * p.grad
+        curves.append(curve)
+    assert curves[0][-1] < curves[0][0]            # it learns
+    np.testing.assert_allclose(curves[1], curves[0], rtol=1e-5)
+
+
+def test_auto_and_errors(rng):
+    x = rng.standard_normal((1, 16, 4, 4)).astype(np.float32)
+    mv.set_backend("numba")
+    assert Conv2D(16, 3).uses_winograd(x)
+    assert not Conv2D(3, 3).uses_winograd(x[:, :3])    # a first layer: im2col is faster
+    assert not Conv2D(16, 3, stride=2).uses_winograd(x)
+    assert not Conv2D(16, 3, kernel_size=5, padding=2).uses_winograd(x)
+    assert not Conv2D(16, 3, algorithm="im2col").uses_winograd(x)
+    assert Conv2D(3, 3, algorithm="winograd").uses_winograd(x[:, :3])
+    mv.set_backend("numpy")
+    assert not Conv2D(16, 3).uses_winograd(x)       # the numpy backend is the im2col spec
+    assert Conv2D(16, 3, algorithm="winograd").uses_winograd(x)
+    with pytest.raises(ValueError, match="Conv2D: algorithm='winograd' needs kernel_size=3"):
+        Conv2D(2, 3, stride=2, algorithm="winograd")
+    with pytest.raises(ValueError, match="algorithm must be"):
+        Conv2D(2, 3, algorithm="fft")
+    with pytest.raises(ValueError, match="winograd_conv_forward: out must be"):
+        winograd_cpu.winograd_conv_forward(x, np.zeros((3, 16, 3, 3), np.float32),
+                                           out=np.empty((16, 4, 3), np.float32))
+
+
+def test_cupy_arrays_are_refused_with_a_clear_message():
+    class FakeCupyArray:                            # what dispatch looks at: the module
+        __module__ = "cupy._core.core"
+    with pytest.raises(NotImplementedError, match="algorithm='im2col'"):
+        kernels._winograd(FakeCupyArray())
