@@ -89,17 +89,43 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def parity_table() -> str:
+    """Per-seed test top-1 of the newest parity result, minivgg beside PyTorch."""
+    paths = sorted(RESULTS.glob("train-parity-*.json"))
+    if not paths:
+        return ""
+    report = json.loads(paths[-1].read_text())
+    res = report["results"]
+    seeds = sorted(set(res["minivgg"]) | set(res["torch"]), key=int)
+    lines = ["| seed | minivgg (numba) | PyTorch | minivgg wall | PyTorch wall |",
+             "|---|---|---|---|---|"]
+    for seed in seeds:
+        m, t = res["minivgg"].get(seed, {}), res["torch"].get(seed, {})
+        lines.append(f"| {seed} | {m.get('test_top1', float('nan')):.2f} % | "
+                     f"{t.get('test_top1', float('nan')):.2f} % | {m.get('wall_s', 0):.0f} s | "
+                     f"{t.get('wall_s', 0):.0f} s |")
+    mean = report["mean_test_top1"]
+    lines.append(f"| mean | {mean.get('minivgg', float('nan')):.2f} % | "
+                 f"{mean.get('torch', float('nan')):.2f} % | | |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("name", nargs="?", help="result name, e.g. fashion-mnist")
     ap.add_argument("runs", nargs="*", type=Path, help="run folders")
     ap.add_argument("--note", default="", help="what to remember about these runs")
     ap.add_argument("--table", action="store_true", help="print the README table")
+    ap.add_argument("--md", type=Path, help="also write the tables to this Markdown file")
     args = ap.parse_args()
     if args.name and args.runs:
         print(f"wrote {write_result(args.name, args.runs, args.note)}")
-    if args.table or not args.runs:
-        print(table())
+    if args.table or args.md or not args.runs:
+        text = f"{table()}\n\nParity on the CIFAR-10 subset, per seed:\n\n{parity_table()}\n"
+        print(text)
+        if args.md:
+            args.md.write_text(f"# Training results\n\n{__doc__.split(chr(10) * 2)[2]}\n\n"
+                               + text)
 
 
 if __name__ == "__main__":
