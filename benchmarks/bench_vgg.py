@@ -321,6 +321,7 @@ def main():
     ap.add_argument("--profile", action="store_true", help="print a per-layer Numba profile")
     ap.add_argument("--loss-steps", type=int, default=0,
                     help="train im2col and Winograd from the same start; print both losses")
+    ap.add_argument("--tag", default="", help="suffix for the results file name")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--worker-memory", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -382,8 +383,10 @@ def main():
 
     if not args.no_save:
         now = dt.datetime.now()
+        tag = f"-{args.tag}" if args.tag else ""
         slug = re.sub(r"[^a-z0-9]+", "-", machine_info()["cpu"].lower()).strip("-")
-        path = ROOT / "benchmarks" / "results" / f"{slug}-{os.cpu_count()}core-{now:%Y-%m-%d}.json"
+        name = f"{slug}-{os.cpu_count()}core-{now:%Y-%m-%d}{tag}.json"
+        path = ROOT / "benchmarks" / "results" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"date": now.isoformat(timespec="seconds"), "machine": machine_info(),
                   "versions": versions(), "network": "VGG-11-CIFAR (config A, 32x32)",
