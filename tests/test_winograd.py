@@ -15,7 +15,7 @@ import pytest
 import minivgg as mv
 from minivgg import kernels
 from minivgg.gradcheck import check_layer
-from minivgg.kernels import winograd, winograd_cpu
+from minivgg.kernels import blas, winograd, winograd_cpu
 from minivgg.kernels.reference import conv2d_naive
 from minivgg.layers import Conv2D
 
@@ -174,3 +174,14 @@ def test_cupy_arrays_are_refused_with_a_clear_message():
         __module__ = "cupy._core.core"
     with pytest.raises(NotImplementedError, match="algorithm='im2col'"):
         kernels._winograd(FakeCupyArray())
+
+
+def test_matmul_stack_equals_matmul_and_restores_blas_threads(rng):
+    a, b = rng.standard_normal((16, 40, 24)), rng.standard_normal((16, 24, 8))
+    api = blas._openblas()
+    before = api[0]() if api is not None else None
+    out = blas.matmul_stack(a.transpose(0, 2, 1).copy().transpose(0, 2, 1), b,
+                            np.empty((16, 40, 8)))
+    np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-13, atol=1e-13)
+    if api is not None:
+        assert api[0]() == before

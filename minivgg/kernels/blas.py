@@ -33,7 +33,7 @@ def _openblas():
                 paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
         except OSError:
             paths = set()
-        for path in sorted(paths):
+        for path in sorted(paths, key=lambda p: "numpy" not in p):    # NumPy's own first
             lib = ctypes.CDLL(path)
             for prefix in ("scipy_openblas", "openblas"):
                 for suffix in _SUFFIXES:
