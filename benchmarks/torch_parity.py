@@ -283,7 +283,7 @@ def write_report(out: Path, args) -> None:
     for other in ("torch", "torch-matched"):
         if "minivgg" not in mean_chosen or other not in mean_chosen:
             continue
-        d = round(mean_chosen["minivgg"] - mean_chosen["torch"], 2)
+        d = round(mean_chosen["minivgg"] - mean_chosen[other], 2)
         report[f"difference_points_of_those_seeds_vs_{other}"] = d
         print(f"seeds {args.seeds}: minivgg {mean_chosen['minivgg']:.2f}%, {other} "
               f"{mean_chosen[other]:.2f}% (difference {d:+.2f} points)")
