@@ -72,7 +72,7 @@ def table() -> str:
         if "runs" in report:
             for run in report["runs"]:
                 c = run["config"]
-                lines.append(f"| {c['dataset']} ({report['name']}) | {c['model']} width "
+                lines.append(f"| {c['dataset']}, augment {c['augment']} | {c['model']} width "
                              f"{c['width']}{' BN' if c['batch_norm'] else ''} | {run['epochs']} | "
                              f"{run['test_top1']:.2f} % | {run['wall_s'] / 60:.1f} min | "
                              f"2-core {report['cpu'].split()[0]} (shared), {report['date']} |")
@@ -97,16 +97,18 @@ def parity_table() -> str:
     report = json.loads(paths[-1].read_text())
     res = report["results"]
     seeds = sorted(set(res["minivgg"]) | set(res["torch"]), key=int)
-    lines = ["| seed | minivgg (numba) | PyTorch | minivgg wall | PyTorch wall |",
-             "|---|---|---|---|---|"]
+    nan = float("nan")
+    lines = ["| seed | minivgg (numba) | PyTorch, independent | PyTorch on minivgg's batches "
+             "and initial weights | minivgg wall | PyTorch wall |", "|---|---|---|---|---|---|"]
     for seed in seeds:
         m, t = res["minivgg"].get(seed, {}), res["torch"].get(seed, {})
-        lines.append(f"| {seed} | {m.get('test_top1', float('nan')):.2f} % | "
-                     f"{t.get('test_top1', float('nan')):.2f} % | {m.get('wall_s', 0):.0f} s | "
+        tm = res.get("torch-matched", {}).get(seed, {})
+        lines.append(f"| {seed} | {m.get('test_top1', nan):.2f} % | {t.get('test_top1', nan):.2f} %"
+                     f" | {tm.get('test_top1', nan):.2f} % | {m.get('wall_s', 0):.0f} s | "
                      f"{t.get('wall_s', 0):.0f} s |")
     mean = report["mean_test_top1"]
-    lines.append(f"| mean | {mean.get('minivgg', float('nan')):.2f} % | "
-                 f"{mean.get('torch', float('nan')):.2f} % | | |")
+    lines.append(f"| mean | {mean.get('minivgg', nan):.2f} % | {mean.get('torch', nan):.2f} % | "
+                 f"{mean.get('torch-matched', nan):.2f} % | | |")
     return "\n".join(lines)
 
 
