@@ -262,6 +262,8 @@ def gradcheck(args) -> int:
         return 1
     for name, err in errors.items():
         print(f"  {name:32s} relative error {err:.2e}")
+    for name in errors.zero:
+        print(f"  {name:32s} zero gradient (as it must be in front of batch norm)")
     print(f"ok: worst relative error {max(errors.values()):.2e}")
     return 0
 

@@ -120,6 +120,10 @@ def test_summary_gradcheck_and_bench(capsys):
     assert "Conv2D" in capsys.readouterr().out
     assert main(["gradcheck", "vgg11", "--width", "0.0625", "--input", "32"]) == 0
     assert "ok: worst relative error" in capsys.readouterr().out
+    assert main(["gradcheck", "vgg11", "--width", "0.0625", "--input", "32",
+                 "--batch-norm"]) == 0
+    out = capsys.readouterr().out
+    assert "ok: worst relative error" in out and "features.0.bias" in out and "zero gradient" in out
     assert main(["bench", "--width", "0.125", "--steps", "2", "--batch-size", "8",
                  "--backend", "numba"]) == 0
     assert "training images/s" in capsys.readouterr().out

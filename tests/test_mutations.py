@@ -142,6 +142,32 @@ def test_one_wrong_layer_inside_a_model_is_caught(rng):
         check_model(model, x, np.array([0, 3]), tol=1e-5)
 
 
+class BiasGradConv(Conv2D):
+    """Reports a bias gradient (the plain sum of dY) although batch norm follows it."""
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self.bias.grad[...] = 1e-3 * np.arange(1, self.out_channels + 1)
+        return dx
+
+
+def test_vanishing_gradients_are_exempt_only_when_both_sides_vanish(rng):
+    """In front of batch norm a conv bias has zero gradient: check_model lets it pass as
+    'zero'. A backward that reports a gradient there (or anywhere it should not) still fails."""
+    from minivgg.layers import BatchNorm2D
+    x = rng.standard_normal((3, 2, 5, 5))
+    labels = np.array([0, 3, 1])
+
+    def model(conv_cls):
+        return Sequential(conv_cls(2, 3, rng=np.random.default_rng(0)), BatchNorm2D(3), ReLU(),
+                          Flatten(), Dense(3 * 5 * 5, 4, rng=rng, std=0.3)).astype(np.float64)
+
+    errors = check_model(model(Conv2D), x, labels)
+    assert errors.zero == ("0.bias",) and "0.bias" not in errors and max(errors.values()) < 1e-6
+    with pytest.raises(AssertionError, match="tensor '0.bias'"):
+        check_model(model(BiasGradConv), x, labels)
+
+
 def test_correct_layers_pass_the_same_checks(rng):
     """The control group: the unmutated layers pass the exact checks used above."""
     check_layer(_f64(Conv2D(2, 3, rng=rng), rng), rng.standard_normal((2, 2, 5, 5)))
