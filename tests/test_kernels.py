@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minivgg.backend import cupy_problem
-from minivgg.kernels import gpu, reference
+from minivgg.kernels import blas, gpu, reference
 from minivgg.kernels.reference import conv_output_size
 
 KERNEL_BACKENDS = [pytest.param("numba", id="numba"),
@@ -143,9 +143,11 @@ def test_maxpool_equals_reference(backend, case):
 def test_relu_equals_reference(backend, layout, dtype, rng):
     mod, to_dev, to_host = kernel_module(backend)
     x = np.round(rng.standard_normal((2, 3, 4, 5)) * 2) / 2      # exact zeros included
+    x[1, 2, 3, 4] = np.nan                                        # must survive, not become 0
     x = layouts(x.astype(dtype), layout)
     y, mask = reference.relu_forward(x)
     y2, mask2 = mod.relu_forward(to_dev(x))
+    assert np.isnan(y[1, 2, 3, 4]) and not mask[1, 2, 3, 4]
     assert_same(to_host(y2), y)
     assert_same(to_host(mask2), mask)
     dout = layouts(rng.standard_normal(x.shape).astype(dtype), layout)
@@ -154,6 +156,32 @@ def test_relu_equals_reference(backend, layout, dtype, rng):
     flat = rng.standard_normal((7, 5)).astype(dtype)            # and 2-D, as after Dense
     y, mask = reference.relu_forward(flat)
     assert_same(to_host(mod.relu_forward(to_dev(flat))[0]), y)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 5, 4), (4099, 75, 64), (64, 9001, 27)],
+                         ids=["small", "tall", "long"])      # small runs on one thread
+def test_matmul_equals_reference(backend, dtype, shape, rng):
+    """GEMMs may sum in another order than the reference (BLAS blocking, rows shared out
+    among threads), so the bound is the classical one for any summation order:
+    |error| <= k * eps * (|a| @ |b|) entrywise."""
+    mod, to_dev, to_host = kernel_module(backend)
+    m, k, n = shape
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((n, k)).astype(dtype).T             # a transposed view, as W.T
+    expected = reference.matmul(a, b)
+    bound = k * np.finfo(dtype).eps * (np.abs(a).astype(np.float64) @ np.abs(b))
+    threads = blas._openblas()[0]() if blas._openblas() else None
+    for left in (a, np.ascontiguousarray(a.T).T):              # also dY.T @ cols's operand
+        got = to_host(mod.matmul(to_dev(left), to_dev(b)))
+        assert got.dtype == dtype and got.shape == (m, n)
+        assert np.all(np.abs(got - expected) <= bound)
+    out = to_dev(np.full((m, n), np.nan, dtype=dtype))
+    assert mod.matmul(to_dev(a), to_dev(b), out=out) is out
+    assert np.all(np.abs(to_host(out) - expected) <= bound)
+    if threads is not None:
+        assert blas._openblas()[0]() == threads                 # BLAS threads restored
 
 
 def test_numba_keeps_nhwc_memory_nhwc(rng):
@@ -257,7 +285,8 @@ def test_cuda_maxpool_and_relu_index_math_on_cpu(cuda_on_cpu, case):
     cuda_on_cpu("maxpool_backward_nhwc", dt, (dout, argmax, dx), dx.size, ints)
     assert_same(dx.transpose(0, 3, 1, 2),
                 reference.maxpool_backward(dout.transpose(0, 3, 1, 2), ref_arg, x.shape, k, s))
-    flat = x.reshape(-1)
+    flat = x.reshape(-1).copy()
+    flat[0] = np.nan                                              # ReLU lets NaN through
     y, mask = np.empty_like(flat), np.empty(flat.shape, dtype=np.bool_)
     cuda_on_cpu("relu_forward_flat", dt, (flat, y, mask), flat.size, ())
     ref_y, ref_mask = reference.relu_forward(flat)

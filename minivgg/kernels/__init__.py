@@ -15,7 +15,7 @@ from minivgg.kernels import reference
 from minivgg.kernels.reference import conv_output_size
 
 __all__ = ["im2col", "col2im", "maxpool_forward", "maxpool_backward", "relu_forward",
-           "relu_backward", "conv_output_size", "implementation", "winograd_conv_forward",
+           "relu_backward", "matmul", "conv_output_size", "implementation", "winograd_conv_forward",
            "winograd_conv_backward", "winograd_preferred"]
 
 
@@ -44,6 +44,10 @@ def maxpool_forward(x, k=2, stride=2):
 
 def maxpool_backward(dout, argmax, x_shape, k=2, stride=2):
     return implementation(dout).maxpool_backward(dout, argmax, x_shape, k, stride)
+
+
+def matmul(a, b, out=None):
+    return implementation(a).matmul(a, b, out=out)
 
 
 def relu_forward(x):

@@ -1,4 +1,4 @@
-"""Many GEMMs at once: each worker thread runs its share, every GEMM on one core.
+"""GEMMs for the Numba backend: worker threads share the work, every GEMM on one core.
 
 Winograd's 16 products V[k] @ U[k] are independent. Given to a multi-threaded OpenBLAS one
 after another, each is split across all cores and ends in a barrier where OpenBLAS's
@@ -7,6 +7,14 @@ stalls the rest, and 16 such barriers per layer cost 5-20x (measured on the 2-vC
 under load 7: 16 x (1024x256 @ 256x256) took 180 ms; two threads of 8 single-threaded
 GEMMs each, 36 ms). So while ``matmul_stack`` runs, OpenBLAS is set to one thread and
 Python threads (NumPy releases the GIL in matmul) take the products in contiguous blocks.
+
+One big GEMM (``matmul_rows``: im2col's products, Dense layers) is shared out the same way,
+by blocks of rows, for a second measured reason: after a multi-threaded OpenBLAS call,
+OpenBLAS's threads keep spinning for a while (its thread timeout, ~0.1 s) and take the other
+core from the Numba kernels that follow. In VGG-11-CIFAR inference every layer after the
+first convolution's im2col GEMM ran about 2x slower (forward 161 ms against 102 ms with
+``OPENBLAS_THREAD_TIMEOUT=4``, which only works when set before NumPy is imported).
+OpenBLAS at one thread never wakes its pool, so nothing is left spinning.
 
 OpenBLAS's thread count is reached through ctypes in the library NumPy loaded; where no
 OpenBLAS is found (MKL, Accelerate, ...) this falls back to one plain ``np.matmul``.
@@ -53,20 +61,54 @@ def _pool(workers):
     return _state["pool"]
 
 
+class _OneThread:
+    """OpenBLAS at one thread inside the block; yields the thread count it had (or None)."""
+
+    def __enter__(self):
+        api = _openblas()
+        self.threads = api[0]() if api is not None else None
+        if self.threads is not None and self.threads > 1:
+            api[1](1)
+        return self.threads
+
+    def __exit__(self, *exc):
+        if self.threads is not None and self.threads > 1:
+            _openblas()[1](self.threads)
+
+
+SMALL_GEMM = 1 << 20     # multiply-adds below which one thread does the whole product
+
+
+def _share(parts):
+    """Run np.matmul(*args) for every args in ``parts`` on the worker threads; wait for all."""
+    jobs = [_pool(len(parts)).submit(np.matmul, *args) for args in parts]
+    for job in jobs:
+        job.result()
+
+
+def _blocks(n, workers):
+    """Contiguous [i, j) blocks of range(n), one per worker."""
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def matmul_rows(a, b, out=None):
+    """``a @ b`` for 2-D a (M, K) and b (K, N); blocks of rows of a shared out among threads."""
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    with _OneThread() as threads:
+        workers = min(threads or 1, a.shape[0])
+        if workers < 2 or a.shape[0] * a.shape[1] * b.shape[1] < SMALL_GEMM:
+            return np.matmul(a, b, out=out)
+        _share([(a[i:j], b, out[i:j]) for i, j in _blocks(a.shape[0], workers)])
+    return out
+
+
 def matmul_stack(a, b, out):
     """``out[k] = a[k] @ b[k]`` for every k: a (K, M, L), b (K, L, N), out (K, M, N)."""
-    api = _openblas()
-    threads = api[0]() if api is not None else 1
-    workers = min(threads, len(a))
-    if api is None or workers < 2:
-        return np.matmul(a, b, out=out)
-    bounds = np.linspace(0, len(a), workers + 1).astype(int)
-    api[1](1)
-    try:
-        jobs = [_pool(workers).submit(np.matmul, a[i:j], b[i:j], out[i:j])
-                for i, j in zip(bounds[:-1], bounds[1:])]
-        for job in jobs:
-            job.result()
-    finally:
-        api[1](threads)
+    with _OneThread() as threads:
+        workers = min(threads or 1, len(a))
+        if workers < 2:
+            return np.matmul(a, b, out=out)
+        _share([(a[i:j], b[i:j], out[i:j]) for i, j in _blocks(len(a), workers)])
     return out

@@ -27,13 +27,14 @@ import numpy as np
 from numba import njit, prange
 
 from minivgg.backend import configure_numba_threads
+from minivgg.kernels.blas import matmul_rows
 from minivgg.kernels.layout import as_nhwc, in_order, memory_order, nchw
 from minivgg.kernels.reference import conv_output_size
 
 configure_numba_threads()  # before the first parallel kernel runs
 
 __all__ = ["im2col", "col2im", "maxpool_forward", "maxpool_backward",
-           "relu_forward", "relu_backward"]
+           "relu_forward", "relu_backward", "matmul"]
 
 
 # -- compiled loops (all on C-contiguous NHWC arrays) -----------------------------------------
@@ -134,7 +135,7 @@ def _relu_forward_flat(x, y, mask):
         v = x[i]
         keep = v > 0
         mask[i] = keep
-        y[i] = v if keep else 0
+        y[i] = 0 if v <= 0 else v       # NaN is not <= 0: it passes, as in the reference
 
 
 @njit(parallel=True, cache=True)
@@ -213,3 +214,8 @@ def relu_backward(dout, mask):
     dx = np.empty_like(flat)
     _relu_backward_flat(flat, in_order(mask, perm), dx)
     return restore(dx)
+
+
+def matmul(a, b, out=None):
+    """``a @ b`` with one-thread BLAS GEMMs on blocks of rows (blas.py says why)."""
+    return matmul_rows(a, b, out)

@@ -20,7 +20,7 @@ from minivgg.kernels.layout import as_nhwc, in_order, memory_order, nchw
 from minivgg.kernels.reference import conv_output_size
 
 __all__ = ["im2col", "col2im", "maxpool_forward", "maxpool_backward",
-           "relu_forward", "relu_backward", "CUDA_SOURCE", "KERNEL_NAMES"]
+           "relu_forward", "relu_backward", "matmul", "CUDA_SOURCE", "KERNEL_NAMES"]
 
 CUDA_SOURCE = r"""
 // Grid-stride loops over the output: `for (idx = first; idx < total; idx += stride)`.
@@ -130,7 +130,7 @@ __global__ void relu_forward_flat(const T* x, T* y, bool* mask, long long total)
         T v = x[idx];
         bool keep = v > T(0);
         mask[idx] = keep;
-        y[idx] = keep ? v : T(0);
+        y[idx] = v <= T(0) ? T(0) : v;   // NaN is not <= 0: it passes, as in the reference
     }
 }
 
@@ -243,3 +243,9 @@ def relu_backward(dout, mask):
     dx = cupy.empty_like(flat)
     _run("relu_backward_flat", dout.dtype, (flat, in_order(mask, perm), dx), flat.size, ())
     return restore(dx)
+
+
+def matmul(a, b, out=None):
+    """``a @ b`` by cuBLAS (float32 in TF32 only where set_tf32(True) allowed it)."""
+    import cupy
+    return cupy.matmul(a, b, out=out)

@@ -106,13 +106,23 @@ def maxpool_backward(dout, argmax, x_shape, k: int = 2, stride: int = 2):
     return dx
 
 
+def matmul(a, b, out=None):
+    """The matrix product ``a @ b`` of 2-D arrays, into ``out`` if given: NumPy's BLAS GEMM.
+
+    Every convolution and Dense layer reduces to this; it goes through the kernels so that
+    the Numba backend can schedule its threads (blas.py).
+    """
+    return np.matmul(a, b, out=out)
+
+
 def relu_forward(x):
     """Rectified linear unit: ``y = max(x, 0)`` and the mask ``x > 0`` backward needs.
 
     Returns ``(y, mask)``, both shaped like ``x``; mask is boolean (one byte per entry).
+    A NaN stays NaN (as in PyTorch), so a diverging network cannot hide it from the loss.
     """
     mask = x > 0
-    return np.where(mask, x, np.zeros((), dtype=x.dtype)), mask
+    return np.maximum(x, np.zeros((), dtype=x.dtype)), mask
 
 
 def relu_backward(dout, mask):

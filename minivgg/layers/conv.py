@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from minivgg import kernels
-from minivgg.backend import get_array_module
 from minivgg.kernels.winograd import applies as winograd_applies
 from minivgg.layers.base import Layer, Parameter, he_normal
 
@@ -127,7 +126,7 @@ class Conv2D(Layer):
         rows = (n * oh * ow, c * k * k)
         cols = kernels.im2col(x, k, k, s, p, out=self._buffer(x, rows))  # (N*OH*OW, C*k*k)
         wm = self.weight.data.reshape(self.out_channels, -1)       # (F, C*k*k)
-        y = cols @ wm.T                                            # (N*OH*OW, F)
+        y = kernels.matmul(cols, wm.T)                             # (N*OH*OW, F)
         if bias is not None:
             y += bias
         if training:
@@ -139,7 +138,6 @@ class Conv2D(Layer):
     def backward(self, dout):
         algorithm, cols, x_shape = self._cached(self.cache)
         self.cache = None
-        xp = get_array_module(dout)
         k, s, p, f = self.kernel_size, self.stride, self.padding, self.out_channels
         dy = dout.transpose(0, 2, 3, 1).reshape(-1, f)         # (N*OH*OW, F): free if NHWC
         if self.bias is not None:
@@ -152,12 +150,12 @@ class Conv2D(Layer):
         wm = self.weight.data.reshape(f, -1)
         grad = self.weight.grad
         if grad.flags.c_contiguous:                              # dWm = dY.T @ cols, in place
-            xp.matmul(dy.T, cols, out=grad.reshape(f, -1))
+            kernels.matmul(dy.T, cols, out=grad.reshape(f, -1))
         else:
-            grad[...] = (dy.T @ cols).reshape(grad.shape)
+            grad[...] = kernels.matmul(dy.T, cols).reshape(grad.shape)
         if not self.input_grad:
             return None
-        dcols = xp.matmul(dy, wm, out=cols if cols.flags.c_contiguous else None)
+        dcols = kernels.matmul(dy, wm, out=cols if cols.flags.c_contiguous else None)
         return kernels.col2im(dcols, x_shape, k, k, s, p)
 
     def __repr__(self):

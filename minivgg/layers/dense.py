@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minivgg import kernels
 from minivgg.layers.base import Layer, Parameter
 
 
@@ -40,7 +41,7 @@ class Dense(Layer):
             self._fail(f"expected {self.in_features} input features, got input of shape "
                        f"{tuple(x.shape)} with {x.shape[1]}")
         self._check_dtype(x, self.weight.data)
-        y = x @ self.weight.data
+        y = kernels.matmul(x, self.weight.data)
         if self.bias is not None:
             y += self.bias.data
         if training:
@@ -50,10 +51,10 @@ class Dense(Layer):
     def backward(self, dout):
         x = self._cached(self.cache)
         self.cache = None
-        self.weight.grad[...] = x.T @ dout
+        self.weight.grad[...] = kernels.matmul(x.T, dout)
         if self.bias is not None:
             self.bias.grad[...] = dout.sum(axis=0)
-        return dout @ self.weight.data.T
+        return kernels.matmul(dout, self.weight.data.T)
 
     def __repr__(self):
         return f"Dense({self.in_features}, {self.out_features})"
