@@ -168,7 +168,8 @@ def available_variants():
     import minivgg.backend as b
     variants = ["minivgg:numpy"]
     if b._numba_available():
-        variants += ["minivgg:numba-im2col", "minivgg:numba-winograd"]
+        # "numba" is what users get (Conv2D's algorithm="auto"); the others force one algorithm
+        variants += ["minivgg:numba", "minivgg:numba-im2col", "minivgg:numba-winograd"]
     if b.cupy_problem() is None:
         variants.append("minivgg:cupy")
     try:
