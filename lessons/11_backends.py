@@ -238,8 +238,10 @@ section("Threads: more is not always faster")
 say("""
     OpenBLAS splits each matrix product over the cores, and its threads spin while they
     wait for work. When other programs also want the cores, a spinning thread can hold a
-    core its partner needs. The thread count is fixed when NumPy loads, so each setting
-    runs in a fresh process: training steps of the small VGG-A above.
+    core its partner needs. (So minivgg's Numba backend shares its GEMMs out among its own
+    worker threads, one BLAS thread each, and OpenBLAS's pool never spins: kernels/blas.py.
+    It uses as many workers as OpenBLAS has threads.) The thread count is fixed when NumPy
+    loads, so each setting runs in a fresh process: training steps of the small VGG-A above.
 """)
 child_batch, child_steps, rounds = (16, 3, 1) if FAST else (64, 6, 2)
 CHILD = f"""
