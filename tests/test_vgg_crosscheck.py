@@ -102,3 +102,53 @@ def test_same_logits_and_gradients_as_pytorch(config, batch_norm):
     theirs.eval()                                           # evaluation mode
     with torch.no_grad():
         close(ours.forward(x, training=False), theirs(torch.tensor(x)))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_sgd_training_steps_match_pytorch(backend):
+    """Four training steps of a batch-norm VGG (loss, backward, SGD with momentum and weight
+    decay on weights only) from the same weights on the same batches: the same weights,
+    running statistics and evaluation logits as PyTorch's, in float64. This is the parity
+    run of benchmarks/torch_parity.py in miniature, with no room for rounding to grow."""
+    import minivgg as mv
+    from minivgg.losses import SoftmaxCrossEntropy
+    from minivgg.optim import SGD
+    previous = mv.get_backend()
+    mv.set_backend(backend)
+    try:
+        ours = vgg("A", 10, SIZE, width=WIDTH, fc_width=FC, dropout=0.0, batch_norm=True,
+                   seed=0, dtype=np.float64)
+        theirs = torch_vgg("A", 10, batch_norm=True)
+        copy_weights(ours, theirs)
+        optimizer, loss_fn = SGD(ours, lr=0.05, momentum=0.9, weight_decay=5e-4), \
+            SoftmaxCrossEntropy()
+        params = list(theirs.parameters())
+        torch_opt = torch.optim.SGD(
+            [{"params": [p for p in params if p.ndim > 1], "weight_decay": 5e-4},
+             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
+            lr=0.05, momentum=0.9)
+        rng = np.random.default_rng(1)
+        theirs.train()
+        for _ in range(4):
+            x, y = rng.standard_normal((4, 3, SIZE, SIZE)), rng.integers(0, 10, 4)
+            loss_fn.forward(ours.forward(x, training=True), y)
+            ours.backward(loss_fn.backward())
+            optimizer.step()
+            torch_opt.zero_grad()
+            nn.functional.cross_entropy(theirs(torch.tensor(x)), torch.tensor(y)).backward()
+            torch_opt.step()
+        state = theirs.state_dict()
+        for name, value in ours.state_dict().items():
+            theirs_value = state[to_torch_name(name)]
+            if name.startswith("features") and name.endswith(".bias"):
+                # convolution biases before batch norm: zero gradient, so they stay at 0 up
+                # to rounding noise on both sides (a relative error would compare noise)
+                assert np.abs(value).max() < 1e-12 and theirs_value.abs().max() < 1e-12, name
+                continue
+            close(value, theirs_value.T if value.ndim == 2 else theirs_value)
+        theirs.eval()
+        x = rng.standard_normal((3, 3, SIZE, SIZE))
+        with torch.no_grad():
+            close(ours.forward(x, training=False), theirs(torch.tensor(x)))
+    finally:
+        mv.set_backend(previous)
