@@ -138,6 +138,22 @@ def test_maxpool_equals_reference(backend, case):
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("k, s", [(2, 2), (3, 2), (3, 1)])
+def test_maxpool_nan_and_ties_like_reference(backend, k, s, rng):
+    """A NaN in a window wins (the first NaN), as np.argmax does; ties go to the first max."""
+    mod, to_dev, to_host = kernel_module(backend)
+    for dtype in (np.float32, np.float64):
+        x = np.round(rng.standard_normal((3, 37, 9, 8))).astype(dtype)   # many ties
+        x[rng.random(x.shape) < 0.1] = np.nan
+        x[0, 0] = np.nan                                              # windows of NaNs only
+        out, argmax = reference.maxpool_forward(x, k, s)
+        out2, argmax2 = mod.maxpool_forward(to_dev(x), k, s)
+        assert np.isnan(out).any()
+        np.testing.assert_array_equal(to_host(out2), out)            # NaN where NaN
+        np.testing.assert_array_equal(to_host(argmax2), argmax)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_equals_reference(backend, layout, dtype, rng):

@@ -85,25 +85,32 @@ def _col2im_nhwc(cols, kh, kw, stride, pad, oh, ow, dx):
 
 @njit(parallel=True, cache=True)
 def _maxpool_forward_nhwc(x, k, stride, out, argmax):
+    # The channel loops are written as selects (a = v if take else a), not branches, so
+    # LLVM vectorises them; the running argmax is kept in a 32-bit scratch row because a
+    # uint8 select beside float32 values is not vectorised (9 ms -> 2.5 ms for 64x64x32x32).
     n, oh, ow, c = out.shape
     for t in prange(n * oh):
         b, y = t // oh, t % oh
+        index = np.empty(c, dtype=np.int32)
         for z in range(ow):
             y0, z0 = y * stride, z * stride
             for ch in range(c):
                 out[b, y, z, ch] = x[b, y0, z0, ch]
-                argmax[b, y, z, ch] = 0
+                index[ch] = 0
             for i in range(k):
                 for j in range(k):
                     if i == 0 and j == 0:
                         continue
+                    ij = np.int32(i * k + j)
                     for ch in range(c):
                         v = x[b, y0 + i, z0 + j, ch]
                         best = out[b, y, z, ch]
                         # strictly greater: the first maximum wins; a NaN wins like np.argmax
-                        if v > best or (v != v and best == best):
-                            out[b, y, z, ch] = v
-                            argmax[b, y, z, ch] = i * k + j
+                        take = v > best or (v != v and best == best)
+                        out[b, y, z, ch] = v if take else best
+                        index[ch] = ij if take else index[ch]
+            for ch in range(c):
+                argmax[b, y, z, ch] = index[ch]
 
 
 @njit(parallel=True, cache=True)
@@ -124,9 +131,10 @@ def _maxpool_backward_nhwc(dout, argmax, k, stride, dx):
                     if tz < 0 or tz % stride != 0 or tz // stride >= ow:
                         continue
                     py, pz = ty // stride, tz // stride
-                    for ch in range(c):
-                        if argmax[b, py, pz, ch] == i * k + j:
-                            dx[b, y, z, ch] += dout[b, py, pz, ch]
+                    ij = i * k + j
+                    for ch in range(c):                # a select, so it vectorises
+                        g = dout[b, py, pz, ch]
+                        dx[b, y, z, ch] += g if argmax[b, py, pz, ch] == ij else 0
 
 
 @njit(parallel=True, cache=True)
