@@ -151,20 +151,31 @@ def plot_feature_maps(model, image: np.ndarray, x, path, per_block: int = 8) -> 
     """``image`` (C, H, W) for display, ``x`` (1, C, H, W) the network's input.
 
     One row per block: the ``per_block`` most active channels after its max-pooling, each
-    scaled on its own (one picture per row keeps the figure quick to draw).
+    scaled on its own (one picture per row keeps the figure quick to draw). A block whose
+    maps are single pixels (the last one at 32×32) has no picture to show: its row is a bar
+    chart of those channels' values instead.
     """
     outs = block_outputs(model, x)
     fig, axes = plt.subplots(len(outs), 2, figsize=(11, 1.3 * len(outs)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, per_block]})
     for (ax_in, ax_maps), (name, maps) in zip(axes, outs):
         ax_in.imshow(_as_picture(image), cmap="gray", interpolation="nearest")
-        strongest = np.sort(np.argsort(-maps.reshape(len(maps), -1).mean(axis=1))[:per_block])
-        ax_maps.imshow(tile(maps[strongest]), cmap="viridis", interpolation="nearest",
-                       aspect="equal")
-        ax_maps.set_title(f"{name}: {maps.shape[0]} maps of {maps.shape[1]}x{maps.shape[2]}; "
-                          f"channels {', '.join(str(c) for c in strongest)}", fontsize=7)
-        for ax in (ax_in, ax_maps):
-            ax.axis("off")
+        ax_in.axis("off")
+        means = maps.reshape(len(maps), -1).mean(axis=1)
+        strongest = np.sort(np.argsort(-means)[:per_block])
+        title = f"{name}: {maps.shape[0]} maps of {maps.shape[1]}x{maps.shape[2]}; "
+        if maps.shape[1:] == (1, 1):
+            ax_maps.bar(np.arange(len(strongest)), means[strongest], color="tab:green")
+            ax_maps.set_xticks(np.arange(len(strongest)), [str(c) for c in strongest],
+                               fontsize=6)
+            ax_maps.tick_params(axis="y", labelsize=6)
+            ax_maps.set_title(title + "the strongest channels' values", fontsize=7)
+        else:
+            ax_maps.imshow(tile(maps[strongest]), cmap="viridis", interpolation="nearest",
+                           aspect="equal")
+            ax_maps.set_title(title + f"channels {', '.join(str(c) for c in strongest)}",
+                              fontsize=7)
+            ax_maps.axis("off")
     fig.suptitle("feature maps after each block (the most active channels)", fontsize=9)
     return _save(fig, path)
 
