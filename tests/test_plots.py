@@ -75,3 +75,27 @@ def test_filters_and_feature_maps(model, tmp_path):
                                           (64, 1, 1)]
     image = np.zeros((3, 32, 32), np.uint8)
     check_png(plot_feature_maps(model, image, x, tmp_path / "feature_maps.png"))
+
+
+def test_feature_map_rows_show_the_strongest_channels(model, tmp_path, monkeypatch):
+    """Blocks with maps larger than 1x1 are pictures; a 1x1 block is a bar per channel whose
+    height is that channel's value, for the channels with the largest values."""
+    import minivgg.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    plot_feature_maps(model, np.zeros((3, 32, 32), np.uint8), x, tmp_path / "f.png",
+                      per_block=4)
+    outs = block_outputs(model, x)
+    map_axes = figures[0].axes[1::2]                 # (input, maps) per row
+    assert len(map_axes) == len(outs) == 5
+    for ax, (_, maps) in zip(map_axes[:4], outs[:4]):
+        assert len(ax.images) == 1 and not ax.patches
+        assert ax.images[0].get_array().shape[0] == maps.shape[1]
+    last, values = map_axes[4], outs[4][1].reshape(-1)
+    top = np.sort(np.argsort(-values)[:4])
+    assert not last.images
+    heights = [bar.get_height() for bar in last.patches]
+    np.testing.assert_allclose(heights, values[top], rtol=1e-6)
+    assert [t.get_text() for t in last.get_xticklabels()] == [str(c) for c in top]
