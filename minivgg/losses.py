@@ -35,7 +35,10 @@ class SoftmaxCrossEntropy:
         if labels.dtype.kind not in "iu":
             raise TypeError(f"SoftmaxCrossEntropy: expected integer labels, got dtype "
                             f"{labels.dtype}")
-        if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        if n == 0:
+            raise ValueError("SoftmaxCrossEntropy: got an empty batch (0 examples); the mean "
+                             "loss of nothing is undefined")
+        if (int(labels.min()) < 0 or int(labels.max()) >= k):
             raise ValueError(f"SoftmaxCrossEntropy: labels must be in [0, {k}), got values "
                              f"from {int(labels.min())} to {int(labels.max())}")
         shifted = logits - logits.max(axis=1, keepdims=True)

@@ -30,12 +30,13 @@ import math
 
 import numpy as np
 
-from minivgg.backend import asnumpy, get_array_module
+from minivgg.backend import asnumpy, check_device, device_of, get_array_module, to_device
 
 
 def named_params(params) -> dict:
     """A model, a {name: Parameter} dict or a list of Parameters -> {name: Parameter}."""
-    if hasattr(params, "named_parameters"):
+    from minivgg.layers import Layer
+    if isinstance(params, Layer):
         params = params.named_parameters()
     if isinstance(params, dict):
         return dict(params)
@@ -51,9 +52,11 @@ class Optimizer:
         self.params = named_params(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got no parameters to optimise")
-        if lr < 0 or weight_decay < 0:
-            raise ValueError(f"{type(self).__name__}: lr and weight_decay must be >= 0; got "
-                             f"lr={lr}, weight_decay={weight_decay}")
+        for key, value in (("lr", lr), ("weight_decay", weight_decay)):
+            if not isinstance(value, (int, float, np.floating)) or not math.isfinite(value) \
+                    or value < 0:
+                raise ValueError(f"{type(self).__name__}: {key} must be a finite number >= 0, "
+                                 f"got {value!r}")
         self.lr, self.weight_decay, self.decay_all = float(lr), float(weight_decay), decay_all
         self.steps = 0
         # buffers[kind][name]: momentum, Adam moments..., allocated lazily on first step
@@ -65,10 +68,40 @@ class Optimizer:
         return self.weight_decay if (self.decay_all or p.decay) else 0.0
 
     def buffer(self, kind: str, name: str, p):
+        """The optimizer's ``kind`` state for parameter ``name`` (zeros on first use)."""
         buf = self.buffers[kind].get(name)
         if buf is None:
-            buf = self.buffers[kind][name] = get_array_module(p.data).zeros_like(p.data)
+            buf = get_array_module(p.data).zeros_like(p.data)
+        buf = self.buffers[kind][name] = self._matching(buf, name, p)
         return buf
+
+    def _matching(self, buf, name: str, p):
+        """``buf`` converted to ``p.data``'s dtype and device (a parameter may have been
+        moved or cast since the buffer was made); a changed shape is refused."""
+        if buf.shape != p.data.shape:
+            raise ValueError(f"{type(self).__name__}: parameter {name} now has shape "
+                             f"{tuple(p.data.shape)} but its optimizer state has "
+                             f"{tuple(buf.shape)}; build a new optimizer for the new model")
+        if device_of(buf) != device_of(p.data):
+            buf = to_device(buf, device_of(p.data))
+        return buf if buf.dtype == p.data.dtype else buf.astype(p.data.dtype)
+
+    def _scratch(self, key: str, name: str, p):
+        """A scratch array shaped like parameter ``name`` (reused from step to step)."""
+        buf = self.scratch.get(key)
+        if buf is None or buf.shape != p.data.shape or buf.dtype != p.data.dtype \
+                or device_of(buf) != device_of(p.data):
+            buf = self.scratch[key] = get_array_module(p.data).empty_like(p.data)
+        return buf
+
+    def to(self, device: str):
+        """Move every state buffer to ``device`` ("cpu" or "gpu"), as the model's parameters."""
+        device = check_device(device, f"{type(self).__name__}.to")
+        for bufs in self.buffers.values():
+            for name in bufs:
+                bufs[name] = to_device(bufs[name], device)
+        self.scratch = {}
+        return self
 
     def gradient(self, name: str, p):
         """g + wd * w, written to a scratch array (the model's .grad is left as it was)."""
@@ -76,9 +109,7 @@ class Optimizer:
         if wd == 0.0:
             return p.grad
         xp = get_array_module(p.data)
-        g = self.scratch.get(name)
-        if g is None:
-            g = self.scratch[name] = xp.empty_like(p.data)
+        g = self._scratch(name, name, p)
         xp.multiply(p.data, p.data.dtype.type(wd), out=g)
         g += p.grad
         return g
@@ -94,11 +125,6 @@ class Optimizer:
     def update(self, name: str, p) -> None:
         raise NotImplementedError
 
-    def zero_grad(self) -> None:
-        """Not needed by minivgg's layers (backward overwrites .grad); here for habit."""
-        for p in self.params.values():
-            p.grad[...] = 0
-
     # -- saving and loading ---------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {"lr": np.array(self.lr), "steps": np.array(self.steps)}
@@ -108,8 +134,20 @@ class Optimizer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore lr, the step count and every buffer; fail on names this optimizer lacks."""
-        self.lr, self.steps = float(state["lr"]), int(state["steps"])
+        """Restore lr, the step count and every buffer; fail on names this optimizer lacks.
+
+        Everything is checked first: a state that does not fit changes nothing.
+        """
+        missing = [k for k in ("lr", "steps") if k not in state]
+        if missing:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state has no "
+                             f"{' and no '.join(missing)}; expected the dict state_dict() "
+                             "returns")
+        lr, steps = float(state["lr"]), int(state["steps"])
+        if not math.isfinite(lr) or lr < 0 or steps < 0:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: lr {lr} and steps "
+                             f"{steps} must be finite and >= 0")
+        loaded = {kind: {} for kind in self.buffers}
         for key, value in state.items():
             if key in ("lr", "steps"):
                 continue
@@ -122,8 +160,12 @@ class Optimizer:
             if tuple(np.shape(value)) != tuple(p.data.shape):
                 raise ValueError(f"{type(self).__name__}.load_state_dict: {key} has shape "
                                  f"{tuple(np.shape(value))}, expected {tuple(p.data.shape)}")
+            if not np.isfinite(np.asarray(value)).all():
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {key} holds NaN "
+                                 "or infinite values")
             xp = get_array_module(p.data)
-            self.buffers[kind][name] = xp.asarray(value, dtype=p.data.dtype).copy()
+            loaded[kind][name] = xp.asarray(value, dtype=p.data.dtype).copy()
+        self.lr, self.steps, self.buffers, self.scratch = lr, steps, loaded, {}
 
     def __repr__(self):
         return f"{type(self).__name__}(lr={self.lr}, weight_decay={self.weight_decay})"
@@ -157,7 +199,7 @@ class SGD(Optimizer):
         v = self.buffer("momentum", name, p)
         v *= mu
         v += g
-        tmp = self._tmp(name, w)
+        tmp = self._scratch(name + "#tmp", name, p)
         if self.nesterov:                        # w -= lr * (g + mu * v)
             xp.multiply(v, mu, out=tmp)
             tmp += g
@@ -165,13 +207,6 @@ class SGD(Optimizer):
         else:                                    # w -= lr * v
             xp.multiply(v, lr, out=tmp)
         w -= tmp
-
-    def _tmp(self, name, w):
-        """A second scratch array per parameter (the first may hold g + wd*w)."""
-        key = name + "#tmp"
-        if key not in self.scratch:
-            self.scratch[key] = get_array_module(w).empty_like(w)
-        return self.scratch[key]
 
     def __repr__(self):
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
@@ -228,5 +263,3 @@ class Adam(Optimizer):
         return (f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
                 f"weight_decay={self.weight_decay}, decoupled={self.decoupled})")
 
-
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import minivgg as mv
 from minivgg.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from minivgg.losses import SoftmaxCrossEntropy
 
@@ -55,9 +56,11 @@ def test_backward_before_forward(layer, shape):
         SoftmaxCrossEntropy().backward()
 
 
-def test_evaluation_forward_keeps_no_cache():
+def test_forward_under_no_grad_keeps_no_cache():
     layer = Conv2D(1, 1)
-    layer.forward(np.zeros((1, 1, 4, 4), np.float32), training=False)
+    with mv.no_grad():
+        layer.forward(np.zeros((1, 1, 4, 4), np.float32), training=False)
+    assert layer.cache is None
     with pytest.raises(RuntimeError, match="before forward"):
         layer.backward(np.zeros((1, 1, 4, 4), np.float32))
 

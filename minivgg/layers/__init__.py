@@ -5,9 +5,10 @@ from minivgg.layers.base import Layer, Parameter
 from minivgg.layers.conv import Conv2D
 from minivgg.layers.dense import Dense
 from minivgg.layers.dropout import Dropout
+from minivgg.layers.global_pool import GlobalAvgPool2D
 from minivgg.layers.normalization import BatchNorm2D, LocalResponseNorm
 from minivgg.layers.pooling import MaxPool2D
 from minivgg.layers.reshape import Flatten
 
 __all__ = ["Layer", "Parameter", "Conv2D", "MaxPool2D", "ReLU", "Dense", "Dropout", "Flatten",
-           "BatchNorm2D", "LocalResponseNorm"]
+           "BatchNorm2D", "LocalResponseNorm", "GlobalAvgPool2D"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivgg import kernels
-from minivgg.layers.base import Layer, Parameter
+from minivgg.layers.base import Layer, Parameter, normal
 
 
 class Dense(Layer):
@@ -27,15 +27,19 @@ class Dense(Layer):
                  rng: np.random.Generator | None = None, dtype=np.float32, std: float = 0.01):
         rng = np.random.default_rng() if rng is None else rng
         self.in_features, self.out_features = in_features, out_features
-        w = rng.standard_normal((in_features, out_features)) * std
-        self.weight = Parameter(w.astype(dtype))
-        self.bias = Parameter(np.zeros(out_features, dtype=dtype), decay=False) if bias else None
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Dense: {name} must be a positive integer, got {value!r}")
+        self.weight = Parameter(normal((in_features, out_features), std, rng, dtype),
+                                name="Dense.weight")
+        self.bias = (Parameter(np.zeros(out_features, dtype=dtype), decay=False,
+                               name="Dense.bias") if bias else None)
         self.cache = None
 
     def output_shape(self, input_shape):
         return (self.out_features,)
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         self._check_input(x, 2, "(N, in_features)")
         if x.shape[1] != self.in_features:
             self._fail(f"expected {self.in_features} input features, got input of shape "
@@ -44,12 +48,12 @@ class Dense(Layer):
         y = kernels.matmul(x, self.weight.data)
         if self.bias is not None:
             y += self.bias.data
-        if training:
-            self.cache = x
+        self._keep(x)
         return y
 
     def backward(self, dout):
         x = self._cached(self.cache)
+        self._check_grad(dout, (x.shape[0], self.out_features))
         self.cache = None
         self.weight.grad[...] = kernels.matmul(x.T, dout)
         if self.bias is not None:

@@ -51,19 +51,16 @@ class LocalResponseNorm(Layer):
         self.n, self.k, self.alpha, self.beta = n, k, alpha, beta
         self.cache = None
 
-    def output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         self._check_input(x, 4, "(N, C, H, W)")
         d = self.k + self.alpha * _window_sum(x * x, self.n // 2)
         scale = d ** -self.beta                                   # d^-beta
-        if training:
-            self.cache = (x, d, scale)
+        self._keep((x, d, scale))
         return x * scale
 
     def backward(self, dout):
         x, d, scale = self._cached(self.cache)
+        self._check_grad(dout, x.shape)
         self.cache = None
         t = dout * x * scale / d                                  # dout * a * d^(-beta-1)
         return dout * scale - (2 * self.alpha * self.beta) * x * _window_sum(t, self.n // 2)
@@ -87,7 +84,10 @@ class BatchNorm2D(Layer):
         running_mean = (1 - momentum) * running_mean + momentum * mu
         running_var  = (1 - momentum) * running_var  + momentum * var * M / (M - 1)
 
-    Evaluation uses running_mean and running_var instead of the batch's statistics.
+    Evaluation uses running_mean and running_var instead of the batch's statistics:
+    y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta, a fixed affine map
+    per channel, whose backward is dx = dout * gamma / sqrt(running_var + eps) (dgamma and
+    dbeta as below, with that xhat).
 
     Backward (training), the compact form: with sums over the M values of a channel,
 
@@ -109,8 +109,10 @@ class BatchNorm2D(Layer):
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"BatchNorm2D: momentum must be in [0, 1], got {momentum}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.gamma = Parameter(np.ones(num_features, dtype=dtype), decay=False)
-        self.beta = Parameter(np.zeros(num_features, dtype=dtype), decay=False)
+        self.gamma = Parameter(np.ones(num_features, dtype=dtype), decay=False,
+                               name="BatchNorm2D.gamma")
+        self.beta = Parameter(np.zeros(num_features, dtype=dtype), decay=False,
+                              name="BatchNorm2D.beta")
         self.running_mean = np.zeros(num_features, dtype=dtype)
         self.running_var = np.ones(num_features, dtype=dtype)
         self.cache = None
@@ -118,10 +120,7 @@ class BatchNorm2D(Layer):
     def named_buffers(self):
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 
-    def output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         self._check_input(x, 4, "(N, C, H, W)")
         if x.shape[1] != self.num_features:
             self._fail(f"expected {self.num_features} channels, got input of shape "
@@ -129,9 +128,10 @@ class BatchNorm2D(Layer):
         self._check_dtype(x, self.gamma.data)
         gamma = self.gamma.data.reshape(1, -1, 1, 1)
         beta = self.beta.data.reshape(1, -1, 1, 1)
-        if not training:
+        if not self._is_training(training):
             inv_std = 1.0 / get_array_module(x).sqrt(self.running_var + self.eps)
             xhat = (x - self.running_mean.reshape(1, -1, 1, 1)) * inv_std.reshape(1, -1, 1, 1)
+            self._keep(("eval", xhat, inv_std))
             return gamma * xhat + beta
         m = x.shape[0] * x.shape[2] * x.shape[3]
         if m < 2:
@@ -146,17 +146,20 @@ class BatchNorm2D(Layer):
         mom = self.momentum
         self.running_mean[...] = (1 - mom) * self.running_mean + mom * mu
         self.running_var[...] = (1 - mom) * self.running_var + mom * var * (m / (m - 1))
-        self.cache = (xhat, inv_std)
+        self._keep(("train", xhat, inv_std))
         return gamma * xhat + beta
 
     def backward(self, dout):
-        xhat, inv_std = self._cached(self.cache)
+        mode, xhat, inv_std = self._cached(self.cache)
+        self._check_grad(dout, xhat.shape)
         self.cache = None
         m = dout.shape[0] * dout.shape[2] * dout.shape[3]
         dbeta = dout.sum(axis=(0, 2, 3))
         dgamma = (dout * xhat).sum(axis=(0, 2, 3))
         self.beta.grad[...] = dbeta
         self.gamma.grad[...] = dgamma
+        if mode == "eval":                   # running statistics: constants, no mu/var terms
+            return dout * (self.gamma.data * inv_std).reshape(1, -1, 1, 1)
         coef = (self.gamma.data * inv_std / m).reshape(1, -1, 1, 1)
         return coef * (m * dout - dbeta.reshape(1, -1, 1, 1) - xhat * dgamma.reshape(1, -1, 1, 1))
 

@@ -19,14 +19,14 @@ class Flatten(Layer):
     def output_shape(self, input_shape):
         return (math.prod(input_shape),)
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         if x.ndim < 2:
             self._fail(f"expected at least a 2-D input (N, ...), got shape {tuple(x.shape)}")
-        if training:
-            self.cache = x.shape
+        self._keep(x.shape)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dout):
         shape = self._cached(self.cache)
+        self._check_grad(dout, (shape[0], math.prod(shape[1:])))
         self.cache = None
         return dout.reshape(shape)

@@ -18,35 +18,15 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 from minivgg.backend import get_array_module
-from minivgg.layers import Conv2D, Dense, Dropout, Layer, ReLU
+from minivgg.layers import Conv2D, Dense, Dropout, GlobalAvgPool2D, ReLU
 from minivgg.models.init import NoDraws
 from minivgg.models.sequential import Sequential
 
-
-class SpatialAverage(Layer):
-    """(N, K, H, W) -> (N, K): the mean over the H*W positions of each map.
-
-        y[n, k] = mean_{i, j} x[n, k, i, j]        dx[n, k, i, j] = dout[n, k] / (H * W)
-    """
-
-    def __init__(self):
-        self.cache = None
-
-    def output_shape(self, input_shape):
-        return (input_shape[0],)
-
-    def forward(self, x, training=True):
-        self._check_input(x, 4, "(N, K, H, W)")
-        if training:
-            self.cache = x.shape
-        return x.mean(axis=(2, 3))
-
-    def backward(self, dout):
-        shape = self._cached(self.cache)
-        self.cache = None
-        xp = get_array_module(dout)
-        return xp.broadcast_to(dout[:, :, None, None] / (shape[2] * shape[3]), shape).copy()
+# The class-score map is averaged over its positions: global average pooling.
+SpatialAverage = GlobalAvgPool2D
 
 
 def _as_conv(dense: Dense, channels: int, k: int) -> Conv2D:
@@ -56,43 +36,25 @@ def _as_conv(dense: Dense, channels: int, k: int) -> Conv2D:
                   bias=dense.bias is not None, rng=NoDraws(), dtype=w.dtype)
     xp = get_array_module(w)
     conv.weight.data = xp.ascontiguousarray(w.T.reshape(dense.out_features, channels, k, k))
-    conv.weight.grad = xp.zeros_like(conv.weight.data)
     if dense.bias is not None:
         conv.bias.data = dense.bias.data.copy()
-        conv.bias.grad = xp.zeros_like(conv.bias.data)
     return conv
 
 
-def to_dense_eval(model: Sequential, input_size: int | None = None, average: bool = True):
-    """A new network that evaluates ``model`` densely over images of any size >= input_size.
+def dense_head(classifier: Sequential, shape: tuple, average: bool = True) -> list:
+    """The children that replace "flatten" and "classifier" in a dense-evaluation VGG.
 
-    ``model`` is a VGG from ``vgg()`` (children "features", "flatten", "classifier");
-    ``input_size`` defaults to the size it was built for (``model.spec``). The result has
-    children "features" (a copy), "classifier" (convolutions, ReLU, Dropout) and, with
-    ``average=True``, "average" (SpatialAverage): its output is (N, classes). With
-    ``average=False`` it returns the class-score map (N, classes, H', W'). The original
-    model is not changed.
+    ``shape`` is the (C, h, w) feature map at the input size the classifier was built for.
+    Returns [("classifier", convolutions, ReLU, Dropout), ("average", SpatialAverage())].
     """
-    for child in ("features", "classifier"):
-        if child not in model.names:
-            raise ValueError(f"to_dense_eval: expected a VGG with children 'features' and "
-                             f"'classifier', got children {model.names}")
-    spec = getattr(model, "spec", {})
-    if input_size is None:
-        if "input_size" not in spec:
-            raise ValueError("to_dense_eval: the model has no spec; pass input_size=")
-        input_size = spec["input_size"]
-    features = model["features"]
-    in_channels = features[0].in_channels
-    shape = features.output_shape((in_channels, input_size, input_size))
     layers, first = [], True
-    for name, layer in zip(model["classifier"].names, model["classifier"].layers):
+    for name, layer in zip(classifier.names, classifier.layers):
         if isinstance(layer, Dense):
             c, h, w = shape if first else (shape[0], 1, 1)
             if h != w or layer.in_features != c * h * w:
                 raise ValueError(f"to_dense_eval: classifier.{name} takes "
-                                 f"{layer.in_features} features, but the feature map at "
-                                 f"input size {input_size} is {shape}")
+                                 f"{layer.in_features} features, but the feature map is "
+                                 f"{shape}")
             layers.append((name, _as_conv(layer, c, h)))
             shape, first = (layer.out_features,), False
         elif isinstance(layer, (ReLU, Dropout)):
@@ -100,10 +62,46 @@ def to_dense_eval(model: Sequential, input_size: int | None = None, average: boo
         else:
             raise ValueError(f"to_dense_eval: cannot convert classifier.{name} "
                              f"({type(layer).__name__}); expected Dense, ReLU or Dropout")
-    children = [("features", copy.deepcopy(features)), ("classifier", Sequential(*layers))]
-    if average:
-        children.append(("average", SpatialAverage()))
-    dense = Sequential(*children)
-    dense.spec = dict(spec, dense_eval=True, input_size=input_size)
-    dense.title = getattr(model, "title", "VGG") + " (dense evaluation)"
+    children = [("classifier", Sequential(*layers))]
+    return children + ([("average", GlobalAvgPool2D())] if average else [])
+
+
+def to_dense_eval(model, average: bool = True):
+    """A new VGG that evaluates ``model`` densely over images of any size >= its input size.
+
+    ``model`` is a VGG from ``vgg()``. The result's settings say ``dense_eval=True`` (so it
+    is saved and rebuilt like any VGG); it has children "features" (a copy), "classifier"
+    (convolutions, ReLU, Dropout) and, with ``average=True``, "average" (GlobalAvgPool2D):
+    its output is (N, classes). With ``average=False`` it returns the class-score map
+    (N, classes, H', W'). The original model is not changed.
+    """
+    from minivgg.models.vgg import VGG
+    if not isinstance(model, VGG):
+        raise TypeError(f"to_dense_eval: expected a VGG built by minivgg.models.vgg(), got "
+                        f"{type(model).__name__}")
+    if model.settings.dense_eval:
+        raise ValueError("to_dense_eval: the model is already a dense-evaluation network")
+    dtype = model.parameters()[0].data.dtype
+    dense = VGG(model.settings.replace(dense_eval=True, average=average), rng=NoDraws(0),
+                dtype=np.dtype(dtype))
+    dense.load_state_dict(dense_state(model))
+    dense.train(model.training)
     return dense
+
+
+def dense_state(model) -> dict:
+    """``model.state_dict()`` with each classifier Dense weight reshaped as its convolution's.
+
+    The first Dense layer's (C*h*w, M) weight becomes (M, C, h, w); the later ones' (D, M)
+    weights become (M, D, 1, 1). Feature and bias arrays are unchanged.
+    """
+    s = model.settings
+    c, h, w = model["features"].output_shape((s.in_channels, s.input_size, s.input_size))
+    state, first = model.state_dict(), True
+    for name, layer in zip(model["classifier"].names, model["classifier"].layers):
+        if isinstance(layer, Dense):
+            key = f"classifier.{name}.weight"
+            k, ch = (h, c) if first else (1, layer.in_features)
+            state[key] = np.ascontiguousarray(state[key].T.reshape(layer.out_features, ch, k, k))
+            first = False
+    return {k: v for k, v in state.items() if not k.startswith("flatten.")}

@@ -14,8 +14,10 @@ class Sequential(Layer):
         model = Sequential(Conv2D(3, 8), ReLU(), MaxPool2D())
         model = Sequential(("features", Sequential(...)), ("classifier", Sequential(...)))
 
-    ``forward(x, training)`` hands ``training`` to every layer (dropout and batch norm
-    behave differently in evaluation); ``backward(dout)`` calls the layers in reverse.
+    ``train()`` and ``eval()`` set the mode of every layer (dropout and batch norm behave
+    differently in evaluation); ``forward(x, training=None)`` runs the layers in their
+    modes, or all in the mode ``training`` says; ``backward(dout)`` calls them in reverse.
+    Inference is ``model.eval()`` and, to keep no caches, ``with minivgg.no_grad():``.
     Parameter names join the path with dots, e.g. ``features.0.weight``: stable,
     human-readable keys for ``state_dict()``. ``summary(input_shape)`` prints a table of
     layers, shapes, parameters and multiply-accumulates (minivgg.summary).
@@ -48,7 +50,13 @@ class Sequential(Layer):
     def __iter__(self):
         return iter(self.layers)
 
-    def forward(self, x, training=True):
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def forward(self, x, training=None):
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
@@ -110,7 +118,14 @@ class Sequential(Layer):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Copy arrays into the model; fail listing every missing, extra or mis-shaped key."""
+        """Copy arrays into the model; fail listing every missing, extra or mis-shaped key.
+
+        Everything is checked before anything is copied, so a state that does not fit (or
+        holds non-finite or non-real values) leaves the model exactly as it was.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"Sequential.load_state_dict: expected a dict of arrays, got "
+                            f"{type(state).__name__}")
         params, buffers = self.named_parameters(), self.named_buffers()
         expected = {k: tuple(p.data.shape) for k, p in params.items()}
         expected.update({k: tuple(b.shape) for k, b in buffers.items()})
@@ -127,6 +142,14 @@ class Sequential(Layer):
             if misshaped:
                 lines.append(f"  mis-shaped: {'; '.join(misshaped)}")
             raise ValueError("\n".join(lines))
+        for k in expected:
+            value = np.asarray(asnumpy(state[k]))
+            if value.dtype.kind not in "fiu":
+                raise ValueError(f"Sequential.load_state_dict: {k} has dtype {value.dtype}; "
+                                 "expected real numbers")
+            if not np.isfinite(value).all():
+                raise ValueError(f"Sequential.load_state_dict: {k} holds NaN or infinite "
+                                 "values; refusing to load it")
         # copy in place: the arrays keep their identity, dtype and device
         for k, p in params.items():
             p.data[...] = get_array_module(p.data).asarray(state[k], dtype=p.data.dtype)

@@ -1,15 +1,8 @@
-"""The VGG family (Simonyan & Zisserman, 2014): the paper's Table 1 as data, one builder.
+"""The VGG family (Simonyan & Zisserman, 2014): one model type, built from its settings.
 
-A configuration is a list read left to right, as a column of Table 1:
-
-    64          a 3x3 convolution with 64 output channels (padding 1), then ReLU
-    (256, 1)    a 1x1 convolution with 256 output channels (configuration C), then ReLU
-    "LRN"       local response normalisation (configuration A-LRN)
-    "M"         2x2 max-pooling, stride 2
-
-``vgg(config, ...)`` turns any configuration into a Sequential with three children, named
-as in torchvision so that ``state_dict()`` keys line up with torchvision's VGG
-(``features.0.weight``, ``classifier.0.weight``, ...):
+``vgg(config, ...)`` turns any configuration of Table 1 (models/config.py) into a ``VGG``:
+a Sequential with three children, named as in torchvision so that ``state_dict()`` keys
+line up with torchvision's VGG (``features.0.weight``, ``classifier.0.weight``, ...):
 
     features    the convolutions, (batch norms,) ReLUs, LRN and max-pools
     flatten     (N, C, h, w) -> (N, C*h*w)
@@ -46,42 +39,10 @@ from minivgg.layers import (
     MaxPool2D,
     ReLU,
 )
+from minivgg.models.config import VGGSettings
 from minivgg.models.sequential import Sequential
 
-VGG_CONFIGS: dict[str, list] = {
-    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "A-LRN": [64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "C": [64, 64, "M", 128, 128, "M", 256, 256, (256, 1), "M",
-          512, 512, (512, 1), "M", 512, 512, (512, 1), "M"],
-    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
-          512, 512, 512, "M", 512, 512, 512, "M"],
-    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-          512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
-}
-ALIASES = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
-HEADS = ("imagenet", "cifar")
-INITS = ("he", "paper")
 PAPER_STD = 0.1          # the paper's N(0, 10^-2): variance 10^-2
-
-
-def resolve_config(config) -> tuple[str, list]:
-    """A configuration name ("A".."E", "A-LRN", "vgg11".."vgg19") or list -> (name, list)."""
-    if isinstance(config, str):
-        key = ALIASES.get(config.lower(), config.upper())
-        if key not in VGG_CONFIGS:
-            raise ValueError(f"vgg: unknown configuration {config!r}; expected one of "
-                             f"{sorted(VGG_CONFIGS)} or {sorted(ALIASES)}")
-        return key, list(VGG_CONFIGS[key])
-    # a list entry [256, 1] (as a configuration reads back from JSON) means (256, 1)
-    items = [tuple(item) if isinstance(item, list) else item for item in config]
-    for item in items:
-        ok = (item in ("M", "LRN") or (isinstance(item, int) and item > 0)
-              or (isinstance(item, tuple) and len(item) == 2 and item[1] in (1, 3)))
-        if not ok:
-            raise ValueError(f"vgg: bad configuration entry {item!r}; expected a channel "
-                             "count, (channels, 1) or (channels, 3), 'M' or 'LRN'")
-    return "custom", items
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -128,11 +89,61 @@ def _paper_init(model: Sequential, rng: np.random.Generator) -> None:
                 layer.bias.data[...] = 0
 
 
+class VGG(Sequential):
+    """A VGG network: a Sequential whose layers follow from ``settings`` (a VGGSettings).
+
+    ``VGG(settings)`` builds the network with fresh weights; ``settings`` is saved with
+    every checkpoint, so ``VGG(VGGSettings.from_dict(saved))`` rebuilds any saved model
+    before its weights are loaded. ``dense_eval=True`` settings give the head as
+    convolutions (children "features", "classifier"[, "average"]; see dense_eval.py).
+    """
+
+    def __init__(self, settings: VGGSettings, *, rng: np.random.Generator | None = None,
+                 dtype=np.float32):
+        if not isinstance(settings, VGGSettings):
+            raise TypeError(f"VGG: expected VGGSettings, got {type(settings).__name__}; "
+                            "use minivgg.models.vgg(...) to build from keywords")
+        s = self.settings = settings
+        rng = np.random.default_rng() if rng is None else rng
+        features = make_features(s.layers, s.width, s.batch_norm, s.in_channels, rng, dtype)
+        c, h, w = features.output_shape((s.in_channels, s.input_size, s.input_size))
+        if h < 1 or w < 1:
+            raise ValueError(f"vgg: input_size {s.input_size} is too small for configuration "
+                             f"{s.config}: its {s.layers.count('M')} max-pools leave no pixels")
+        sizes = (s.fc_width, s.fc_width) if s.head == "imagenet" else s.hidden
+        classifier = make_classifier(c * h * w, s.num_classes, sizes, s.dropout, rng, dtype)
+        children = [("features", features), ("flatten", Flatten()), ("classifier", classifier)]
+        if s.dense_eval:
+            from minivgg.models.dense_eval import dense_head
+            children = [("features", features)] + dense_head(classifier, (c, h, w), s.average)
+        super().__init__(*children)
+        if s.init == "paper":
+            _paper_init(self, rng)
+
+    @property
+    def title(self) -> str:
+        return self.settings.title
+
+    @property
+    def spec(self) -> dict:
+        """The settings as a JSON-friendly dict (what checkpoints store)."""
+        return self.settings.to_dict()
+
+    @classmethod
+    def from_spec(cls, spec: dict, dtype=np.float32) -> VGG:
+        """Rebuild the network a checkpoint's settings describe (weights not loaded).
+
+        Builds without drawing random numbers: the weights are about to be overwritten.
+        """
+        from minivgg.models.init import NoDraws
+        return cls(VGGSettings.from_dict(spec), rng=NoDraws(0), dtype=dtype)
+
+
 def vgg(config="D", num_classes: int = 1000, input_size: int = 224, head: str = "imagenet",
         *, width: float = 1.0, batch_norm: bool = False, dropout: float = 0.5, hidden=(),
         fc_width: int = 4096, init: str = "he", seed: int | None = None,
         rng: np.random.Generator | None = None, in_channels: int = 3,
-        dtype=np.float32) -> Sequential:
+        dtype=np.float32, weights=None) -> VGG:
     """Build a VGG network from a configuration of Table 1 (or a custom list).
 
     Args:
@@ -150,38 +161,31 @@ def vgg(config="D", num_classes: int = 1000, input_size: int = 224, head: str = 
             Ignored by the imagenet head, whose hidden sizes are (fc_width, fc_width).
         fc_width: the imagenet head's hidden size (4096 in the paper; smaller for tests).
         init: "he" (torchvision's, the default) or "paper" (N(0, 10^-2), zero biases).
-        seed, rng: an int seed or a numpy Generator (not both); same seed, same weights and
-            the same dropout masks.
+        seed, rng: a non-negative int seed or a numpy Generator (not both); same seed, same
+            weights and the same dropout masks.
         dtype: float32 for training, float64 for gradient checks.
+        weights: a path to trained weights (torchvision's .pth, or .safetensors) or a
+            name such as "vgg16" (downloaded once into the cache): see minivgg.pretrained.
 
-    Returns a Sequential with children "features", "flatten", "classifier", and the
-    arguments that rebuild it in ``model.spec`` (a JSON-friendly dict).
+    Returns a VGG whose ``settings`` rebuild it (``VGG.from_spec(model.spec)``).
     """
-    name, items = resolve_config(config)
-    if head not in HEADS:
-        raise ValueError(f"vgg: unknown head {head!r}; expected one of {HEADS}")
-    if init not in INITS:
-        raise ValueError(f"vgg: unknown init {init!r}; expected one of {INITS}")
-    if width <= 0:
-        raise ValueError(f"vgg: width must be positive, got {width}")
+    settings = VGGSettings(config, num_classes, input_size, head, width, batch_norm, dropout,
+                           tuple(hidden) if not isinstance(hidden, int) else (hidden,),
+                           fc_width, init, in_channels)
     if seed is not None and rng is not None:
         raise ValueError("vgg: give either seed or rng, not both")
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)
+                             or seed < 0):
+        raise ValueError(f"vgg: seed must be a non-negative integer, got {seed!r}")
+    if np.dtype(dtype).kind != "f":
+        raise TypeError(f"vgg: dtype must be a floating-point type, got {np.dtype(dtype)}")
+    if weights is not None:
+        from minivgg.models.init import NoDraws
+        rng = NoDraws(0) if rng is None and seed is None else rng
     rng = rng if rng is not None else np.random.default_rng(seed)
-
-    features = make_features(items, width, batch_norm, in_channels, rng, dtype)
-    c, h, w = features.output_shape((in_channels, input_size, input_size))
-    if h < 1 or w < 1:
-        raise ValueError(f"vgg: input_size {input_size} is too small for configuration "
-                         f"{name}: its {items.count('M')} max-pools leave no pixels")
-    sizes = (fc_width, fc_width) if head == "imagenet" else tuple(hidden)
-    classifier = make_classifier(c * h * w, num_classes, sizes, dropout, rng, dtype)
-    model = Sequential(("features", features), ("flatten", Flatten()),
-                       ("classifier", classifier))
-    if init == "paper":
-        _paper_init(model, rng)
-    model.spec = {"config": name if name != "custom" else items, "num_classes": num_classes,
-                  "input_size": input_size, "head": head, "width": width,
-                  "batch_norm": batch_norm, "dropout": dropout, "hidden": list(sizes),
-                  "fc_width": fc_width, "init": init, "in_channels": in_channels}
-    model.title = f"VGG-{name}" + ("-BN" if batch_norm else "")
+    model = VGG(settings, rng=rng, dtype=dtype)
+    if weights is not None:
+        from minivgg import pretrained
+        pretrained.load_into(model, pretrained.load_state(pretrained.resolve_weights(weights)),
+                             batch_norm=batch_norm)
     return model
