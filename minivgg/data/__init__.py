@@ -6,13 +6,16 @@
     train = DataLoader(ds.train_images, ds.train_labels, batch_size=128, seed=0,
                        transform=Compose([RandomCrop(32, 4), HorizontalFlip(), norm]))
     for x, y in train: ...                  # float32 (B, C, H, W), int64 (B,)
+
+A damaged data file raises CorruptDataError (a ValueError) naming the file and what to do.
 """
 
 from minivgg.data.cifar import load_cifar10, load_cifar100
-from minivgg.data.dataset import Dataset
+from minivgg.data.dataset import CorruptDataError, Dataset
 from minivgg.data.download import DownloadError, UnsafeArchiveError
 from minivgg.data.loader import DataLoader
 from minivgg.data.mnist import load_fashion_mnist, load_mnist
+from minivgg.data.safe_pickle import RefusedPickleError
 from minivgg.data.shapes import make_shapes
 from minivgg.data.transforms import (
     Compose,
@@ -50,8 +53,8 @@ def load_dataset(name: str, data_dir=None, download: bool = True, **kw) -> Datas
 
 
 __all__ = [
-    "Compose", "DATASETS", "DataLoader", "Dataset", "DownloadError", "HorizontalFlip",
-    "Normalize", "PCALighting", "RandomCrop", "ScaleJitter", "UnsafeArchiveError",
-    "load_cifar10", "load_cifar100", "load_dataset", "load_fashion_mnist", "load_mnist",
-    "make_shapes",
+    "Compose", "CorruptDataError", "DATASETS", "DataLoader", "Dataset", "DownloadError",
+    "HorizontalFlip", "Normalize", "PCALighting", "RandomCrop", "RefusedPickleError",
+    "ScaleJitter", "UnsafeArchiveError", "load_cifar10", "load_cifar100", "load_dataset",
+    "load_fashion_mnist", "load_mnist", "make_shapes",
 ]

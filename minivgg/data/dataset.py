@@ -11,6 +11,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+REFETCH_HINT = ("Delete it and run again to download a fresh copy, or point --data-dir "
+                "(or MINIVGG_DATA) at a good copy.")
+
+
+class CorruptDataError(ValueError):
+    """A data file is damaged, truncated or not what its name says.
+
+    The message names the file, what is wrong with it and what to do; a ValueError, so
+    code that already catches bad values catches this too.
+    """
+
 
 @dataclass(repr=False)
 class Dataset:
@@ -46,6 +57,21 @@ class Dataset:
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
             raise ValueError(f"Dataset {self.name!r}: train and test images differ in shape: "
                              f"{self.train_images.shape[1:]} vs {self.test_images.shape[1:]}")
+
+    def take(self, limit: int) -> Dataset:
+        """The first ``limit`` images of each split (a quick run on a small part).
+
+        A slice would quietly accept 0 or -1 (``images[:-1]`` drops the last image), so
+        anything but a positive whole number is refused.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+            raise ValueError(f"Dataset.take: limit must be a whole number >= 1; got "
+                             f"{limit!r}")
+        return Dataset(name=self.name, classes=list(self.classes),
+                       train_images=self.train_images[:limit],
+                       train_labels=self.train_labels[:limit],
+                       test_images=self.test_images[:limit],
+                       test_labels=self.test_labels[:limit])
 
     @property
     def num_classes(self) -> int:

@@ -1,6 +1,6 @@
 """Fetching and unpacking data files safely.
 
-Three promises, because a half-written or hostile file must never look like data:
+Four promises, because a half-written or hostile file must never look like data:
 
 * a download is written to a temporary file beside its destination and renamed into place
   only once it is complete and its MD5 matches, so an interrupted or corrupt transfer
@@ -8,11 +8,15 @@ Three promises, because a half-written or hostile file must never look like data
 * every failure raises ``DownloadError`` naming the URL, what went wrong, and what to do
   when offline;
 * an archive is checked member by member before anything is written: absolute paths,
-  ``..`` components, links and device files are refused.
+  ``..`` components, links, device files and archives too large to be data are refused;
+* unpacking only adds: it never replaces or deletes a file or folder it did not create,
+  so a user's folder of the same name keeps everything it had. What is deleted is only
+  what this module downloaded and found bad (a wrong MD5, a refused or unreadable archive).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import os
@@ -21,11 +25,16 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from minivgg.data.dataset import CorruptDataError
+
 DEFAULT_CACHE = Path("~/.cache/minivgg")
+MAX_MEMBERS = 10_000          # CIFAR's archives hold under 10
+MAX_ARCHIVE_BYTES = 1 << 30   # CIFAR-10 unpacks to 178 MB, CIFAR-100 to 161 MB
 TIMEOUT_S = 10.0  # seconds without a byte before a download gives up (offline: fail fast)
 
 OFFLINE_HINT = ("If this machine is offline, point --data-dir (or the MINIVGG_DATA variable) "
@@ -62,12 +71,15 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None,
              timeout: float = TIMEOUT_S, progress: bool = True) -> Path:
     """Download ``url`` to ``dest`` (a file path) and return ``dest``.
 
-    An existing ``dest`` with the right MD5 is reused. The bytes go to a temporary file in
-    the same folder, hashed as they arrive; only a complete transfer with the expected MD5
-    is renamed to ``dest`` (a rename within a folder is atomic).
+    An existing ``dest`` with the right MD5 is reused; one with the wrong MD5 (an older,
+    damaged download) is deleted first, so it cannot be mistaken for data on a later run.
+    The bytes go to a temporary file in the same folder, hashed as they arrive; only a
+    complete transfer with the expected MD5 is renamed to ``dest`` (a rename within a folder
+    is atomic).
     """
     dest = Path(dest)
-    if dest.exists() and (md5 is None or file_md5(dest) == md5):
+    stale = _remove_stale(dest, md5)
+    if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
@@ -77,11 +89,28 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None,
             digest = _fetch(url, out, timeout, progress)
         if md5 is not None and digest != md5:
             raise DownloadError(f"Download of {url} is corrupt: its MD5 is {digest}, expected "
-                                f"{md5}. The file was deleted; try again.")
+                                f"{md5}. The file was deleted; try again.{stale}")
         os.replace(tmp, dest)
+    except DownloadError as exc:
+        if stale and stale not in str(exc):
+            raise DownloadError(f"{exc}{stale}") from exc.__cause__
+        raise
     finally:
         tmp.unlink(missing_ok=True)  # no-op after a successful rename
     return dest
+
+
+def _remove_stale(dest: Path, md5: str | None) -> str:
+    """Delete ``dest`` if it exists with an MD5 other than ``md5``; return a sentence saying
+    so for an error message ("" when nothing was deleted)."""
+    if md5 is None or not dest.is_file():
+        return ""
+    digest = file_md5(dest)
+    if digest == md5:
+        return ""
+    dest.unlink()
+    return (f" The earlier {dest}, whose MD5 was {digest} instead of {md5}, was deleted "
+            "too.")
 
 
 def _fetch(url: str, out, timeout: float, progress: bool) -> str:
@@ -129,31 +158,78 @@ def check_member(member: tarfile.TarInfo) -> None:
                                  "folder")
 
 
-def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Unpack a tar archive into ``dest`` after checking every member.
+def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, only: str | None = None,
+                 max_members: int = MAX_MEMBERS, max_bytes: int = MAX_ARCHIVE_BYTES) -> Path:
+    """Unpack a tar archive into ``dest`` after checking every member; return ``dest``.
 
-    The archive is unpacked into a temporary folder inside ``dest`` first and its top-level
-    entries are then renamed into place, so a failure halfway leaves no half-filled folder.
+    ``only`` names one top-level folder of the archive whose contents are unpacked into
+    ``dest`` itself (the rest is skipped). Nothing that is already there is replaced or
+    deleted: the archive is unpacked into a fresh temporary folder inside ``dest`` and only
+    the files and folders ``dest`` lacks are moved in, so a user's folder keeps every file
+    it had. A refused archive (unsafe member, too many members, too many bytes) writes
+    nothing into ``dest`` (which is created, empty, if it did not exist).
     """
-    dest = Path(dest)
+    archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "r:*") as tar:
-        members = tar.getmembers()
-        for member in members:
-            check_member(member)
+        members = _checked_members(tar, archive, only, max_members, max_bytes)
         staging = Path(tempfile.mkdtemp(dir=dest, prefix=".extract-"))
         try:
             if hasattr(tarfile, "data_filter"):  # Python ≥ 3.12 (and patched 3.8+): belt and braces
                 tar.extractall(staging, members=members, filter="data")
             else:
                 tar.extractall(staging, members=members)
-            for entry in staging.iterdir():
-                target = dest / entry.name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-                os.replace(entry, target)
+            _merge(staging / only if only else staging, dest)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)  # only our own temporary folder
     return dest
+
+
+def _checked_members(tar: tarfile.TarFile, archive: Path, only: str | None,
+                     max_members: int, max_bytes: int) -> list[tarfile.TarInfo]:
+    """The members to unpack (those under ``only``, if given), each checked, read one
+    header at a time so a hostile archive is refused before it fills memory or disk."""
+    members, total = [], 0
+    for count, member in enumerate(tar, start=1):
+        try:
+            check_member(member)
+        except UnsafeArchiveError as exc:
+            raise UnsafeArchiveError(f"{archive}: {exc}; nothing was extracted") from None
+        total += member.size
+        if count > max_members or total > max_bytes:
+            raise UnsafeArchiveError(
+                f"{archive} holds more than {max_members} members or {max_bytes} bytes "
+                f"(reached {count} members, {total} bytes); nothing was extracted")
+        if only is None or PurePosixPath(member.name).parts[:1] == (only,):
+            members.append(member)
+    return members
+
+
+def _merge(source: Path, dest: Path) -> None:
+    """Move into ``dest`` what ``source`` has and ``dest`` lacks; descend into folders both
+    have. An existing file, link or folder in ``dest`` is never replaced."""
+    if not source.is_dir():
+        return
+    for entry in sorted(source.iterdir()):
+        target = dest / entry.name
+        if not os.path.lexists(target):
+            os.replace(entry, target)
+        elif entry.is_dir() and target.is_dir() and not target.is_symlink():
+            _merge(entry, target)
+
+
+def extract_download(archive: str | os.PathLike, dest: str | os.PathLike,
+                     only: str | None = None) -> Path:
+    """safe_extract for an archive this package downloaded: one that is refused or cannot be
+    read is deleted, so the next run fetches a fresh copy instead of failing on it forever."""
+    archive = Path(archive)
+    try:
+        return safe_extract(archive, dest, only=only)
+    except UnsafeArchiveError as exc:
+        archive.unlink(missing_ok=True)
+        raise UnsafeArchiveError(f"{exc}. The archive was deleted.") from None
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        archive.unlink(missing_ok=True)
+        raise CorruptDataError(f"{archive} cannot be unpacked ({exc}). The archive was "
+                               "deleted; run again to download a fresh copy.") from exc
+
