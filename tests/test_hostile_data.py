@@ -4,6 +4,7 @@ that the package did not create (a bad download excepted, which is deleted as it
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_data_cifar import Server, leftovers, make_archive, write_fake_cifar10
+from test_data_mnist import idx_bytes, write_mnist_folder
 
 from minivgg.data import (
     CorruptDataError,
@@ -25,8 +27,10 @@ from minivgg.data import (
     UnsafeArchiveError,
     cifar,
     load_cifar10,
+    load_mnist,
 )
 from minivgg.data.download import safe_extract
+from minivgg.data.mnist import read_idx
 from minivgg.data.safe_pickle import _np_reconstruct
 
 MB = 1 << 20
@@ -254,6 +258,44 @@ def test_a_refused_download_is_deleted(tmp_path, body, error, match):
             load_cifar10(tmp_path / "dl", url=server.url, md5=hashlib.md5(body).hexdigest())
     assert "cifar-10-python.tar.gz" in str(info.value) and "deleted" in str(info.value)
     assert leftovers(tmp_path / "dl") == [] and not (tmp_path / "escaped").exists()
+
+
+# --- IDX files -----------------------------------------------------------------------------
+
+IMAGES = idx_bytes(np.zeros((4, 28, 28), np.uint8))
+IDX_CASES = {
+    "truncated-gz": (gzip.compress(IMAGES)[:-30], "is truncated"),
+    "gz-bomb": (gzip.compress(idx_bytes(np.zeros((2, 2), np.uint8)) + bytes(32 * MB)),
+                "holds more"),
+    "huge-header": (b"\x00\x00\x08\x03" + struct.pack(">III", 2**31, 28, 28) + b"0" * 10,
+                    "more than the"),
+    "short-gz": (gzip.compress(IMAGES[:-100]), "header says shape"),
+    "raw-too-long": (IMAGES + b"extra", "holds more"),
+    "gz-damaged-inside": (gzip.compress(IMAGES)[:20] + b"\xff" * 40
+                          + gzip.compress(IMAGES)[60:], "is damaged"),
+    "gz-of-text": (gzip.compress(b"hello world"), "not an IDX file"),
+    "header-cut": (b"\x00\x00\x08\x03\x00\x00", "header says 3 dimensions"),
+}
+
+
+@pytest.mark.parametrize("data, match", IDX_CASES.values(), ids=IDX_CASES.keys())
+def test_damaged_idx_is_refused_naming_the_file(tmp_path, data, match):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(data)
+    assert peak_bytes(lambda: read_idx(path)) < 8 * MB
+    with pytest.raises(CorruptDataError, match=match) as info:
+        read_idx(path)
+    assert str(path) in str(info.value) and "Delete it" in str(info.value)
+    assert path.read_bytes() == data
+
+
+def test_float_labels_in_an_idx_file_are_refused(tmp_path):
+    write_mnist_folder(tmp_path / "mnist", gz=False)
+    labels = np.array([0.5, 1.7, 2, 3, 4, 5, 6], ">f4")
+    (tmp_path / "mnist" / "train-labels-idx1-ubyte").write_bytes(
+        bytes([0, 0, 0x0D, 1]) + np.array([7], ">u4").tobytes() + labels.tobytes())
+    with pytest.raises(CorruptDataError, match="train-labels-idx1-ubyte must hold integer"):
+        load_mnist(tmp_path, download=False)
 
 
 # --- labels and limits ---------------------------------------------------------------------

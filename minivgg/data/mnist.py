@@ -9,11 +9,13 @@ where Debian's ``dataset-fashion-mnist`` package installs it.
 from __future__ import annotations
 
 import gzip
+import zlib
+from math import prod
 from pathlib import Path
 
 import numpy as np
 
-from minivgg.data.dataset import Dataset
+from minivgg.data.dataset import REFETCH_HINT, CorruptDataError, Dataset
 from minivgg.data.download import cache_dir, download
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
@@ -43,25 +45,69 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian: dataset-fashion-mnist
 
 
-def read_idx(path) -> np.ndarray:
-    """Read one IDX file (gzipped or raw, told apart by its first bytes) into an array."""
+MAX_IDX_BYTES = 1 << 30  # the largest real IDX file (MNIST train images) is 47 MB
+
+
+def read_idx(path, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read one IDX file (gzipped or raw, told apart by its first bytes) into an array.
+
+    The header says exactly how many bytes follow, so a gzipped file is inflated chunk by
+    chunk and only up to one byte past that: a small .gz that inflates to gigabytes is
+    refused after reading what the header promised, and a header promising more than
+    ``max_bytes`` is refused before any of it is read. Every damaged file raises
+    CorruptDataError naming it.
+    """
     path = Path(path)
+    try:
+        with _open_idx(path) as f:
+            dtype, shape = _idx_header(path, f)
+            size = prod(shape) * dtype.itemsize
+            if size > max_bytes:
+                raise CorruptDataError(f"{path}: header says shape {shape} ({size} bytes of "
+                                       f"values), more than the {max_bytes} allowed. "
+                                       f"{REFETCH_HINT}")
+            body = _read_at_most(f, size + 1)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        what = "is truncated" if isinstance(exc, EOFError) else "is damaged"
+        raise CorruptDataError(f"{path} {what}: its gzip stream cannot be read to the end "
+                               f"({type(exc).__name__}: {exc}). {REFETCH_HINT}") from None
+    if len(body) != size:
+        header = 4 + 4 * len(shape)
+        held = f"{header + len(body)} bytes" if len(body) <= size else "more"
+        raise CorruptDataError(f"{path}: header says shape {shape} ({header + size} bytes "
+                               f"in all), but the file holds {held}. {REFETCH_HINT}")
+    return np.frombuffer(body, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _open_idx(path: Path):
+    """The file's bytes as a stream: through gzip if it starts with gzip's magic number."""
     with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] == b"\x1f\x8b":  # the gzip magic number
-        data = gzip.decompress(data)
-    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file: it starts with {data[:4]!r}, expected "
-                         "two zero bytes, a type code in " + str(sorted(IDX_DTYPES)) +
-                         " and a dimension count")
-    dtype, ndim = np.dtype(IDX_DTYPES[data[2]]), data[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
-    if len(data) != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes in all), but "
-                         f"the file holds {len(data)} bytes")
-    return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _idx_header(path: Path, f) -> tuple[np.dtype, tuple[int, ...]]:
+    """Read the magic bytes and the dimensions; return the value type and the shape."""
+    magic = f.read(4)
+    if len(magic) < 4 or magic[:2] != b"\x00\x00" or magic[2] not in IDX_DTYPES:
+        raise CorruptDataError(
+            f"{path} is not an IDX file: it starts with {magic!r}, expected two zero bytes, "
+            f"a type code in {sorted(IDX_DTYPES)} and a dimension count. {REFETCH_HINT}")
+    dims = f.read(4 * magic[3])
+    if len(dims) != 4 * magic[3]:
+        raise CorruptDataError(f"{path}: header says {magic[3]} dimensions, but the file "
+                               f"ends after {4 + len(dims)} bytes. {REFETCH_HINT}")
+    shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+    return np.dtype(IDX_DTYPES[magic[2]]), shape
+
+
+def _read_at_most(f, limit: int, chunk: int = 1 << 20) -> bytes:
+    """Up to ``limit`` bytes from ``f``, read in chunks so memory follows what is there."""
+    parts, got = [], 0
+    while got < limit and (part := f.read(min(chunk, limit - got))):
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 def find_idx_file(folder: Path, stem: str) -> Path | None:
@@ -96,10 +142,16 @@ def load_idx_dataset(name: str, folders, classes, download_ok=True, url=None, md
     for split in ("train", "test"):
         images = arrays[f"{split}_images"]
         if images.ndim != 3 or images.dtype != np.uint8:
-            raise ValueError(f"{name}: {paths[f'{split}_images']} must hold uint8 images "
-                             f"(N, H, W); got {images.dtype} {images.shape}")
+            raise CorruptDataError(f"{name}: {paths[f'{split}_images']} must hold uint8 "
+                                   f"images (N, H, W); got {images.dtype} {images.shape}. "
+                                   f"{REFETCH_HINT}")
+        labels = arrays[f"{split}_labels"]
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise CorruptDataError(f"{name}: {paths[f'{split}_labels']} must hold integer "
+                                   f"labels (N,); got {labels.dtype} {labels.shape}. "
+                                   f"{REFETCH_HINT}")
         arrays[f"{split}_images"] = images[:, None, :, :]  # add the channel axis: NCHW
-        arrays[f"{split}_labels"] = arrays[f"{split}_labels"].astype(np.int64)
+        arrays[f"{split}_labels"] = labels.astype(np.int64)
     return Dataset(name=name, classes=list(classes), **arrays)
 
 
