@@ -22,6 +22,7 @@ from test_data_mnist import idx_bytes, write_mnist_folder
 
 from minivgg.data import (
     CorruptDataError,
+    DataLoader,
     Dataset,
     DownloadError,
     UnsafeArchiveError,
@@ -299,6 +300,18 @@ def test_float_labels_in_an_idx_file_are_refused(tmp_path):
 
 
 # --- labels and limits ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("labels, kw", [
+    ([0.0, 1.7, 2.0], {}), ([0.0, 1.0, 2.0], {}), ([-1, 0, 1], {}),
+    ([0, 1, 10], {"num_classes": 10}), ([True, False, True], {}), (["a", "b", "c"], {}),
+    (np.array([0, 1, 2**63], np.uint64), {}),
+], ids=["fractional", "whole-floats", "negative", "out-of-range", "bool", "str", "uint64"])
+def test_dataloader_refuses_labels_that_are_not_class_indices(labels, kw):
+    images = np.zeros((3, 1, 2, 2), np.uint8)
+    with pytest.raises(ValueError, match="DataLoader: labels must"):
+        DataLoader(images, np.asarray(labels), batch_size=2, **kw)
+    assert len(DataLoader(images, [0, 1, 9], batch_size=2, num_classes=10)) == 2
+
 
 @pytest.mark.parametrize("limit", [0, -1, 1.5, True, "3"])
 def test_dataset_take_refuses_a_limit_that_is_not_a_positive_count(limit):

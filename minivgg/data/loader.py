@@ -21,7 +21,9 @@ from minivgg.backend import to_device
 class DataLoader:
     """Iterate over (images, labels) in mini-batches.
 
-    images:    uint8 or float array (N, C, H, W); labels: integer array (N,)
+    images:    uint8 or float array (N, C, H, W); labels: integer array (N,) of class
+               indices >= 0 (and < ``num_classes`` when that is given). Float labels are
+               refused, not rounded: 1.7 is not a class
     transform: called as ``transform(batch, rng)`` on each batch (see transforms.py);
                a uint8 result is scaled to [0, 1], a float result is used as it is
     drop_last: skip the final batch when it is smaller than ``batch_size``
@@ -33,14 +35,14 @@ class DataLoader:
 
     def __init__(self, images, labels, batch_size: int = 128, shuffle: bool = True,
                  transform=None, drop_last: bool = False, seed: int = 0,
-                 device: bool = False, prefetch: int = 0):
+                 device: bool = False, prefetch: int = 0, num_classes: int | None = None):
         images, labels = np.asarray(images), np.asarray(labels)
         if images.ndim != 4 or labels.shape != (len(images),):
             raise ValueError(f"DataLoader: need images (N, C, H, W) and labels (N,); got "
                              f"images {images.shape} and labels {labels.shape}")
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1; got {batch_size}")
-        self.images, self.labels = images, labels.astype(np.int64, copy=False)
+        self.images, self.labels = images, _class_indices(labels, num_classes)
         self.batch_size, self.shuffle, self.transform = batch_size, shuffle, transform
         self.drop_last, self.seed, self.device, self.prefetch = drop_last, seed, device, prefetch
         self.epoch = 0  # the epoch the next iteration will produce
@@ -74,6 +76,26 @@ class DataLoader:
             if self.device:
                 x, y = to_device(x), to_device(y)
             yield x, y
+
+
+def _class_indices(labels: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """``labels`` as int64 class indices, checked once here rather than in every batch.
+
+    A cast would turn 1.7 into 1, -1 into the last class of a loss that indexes with it,
+    and a uint64 above 2**63 into a negative number, all without a word.
+    """
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"DataLoader: labels must be integer class indices; got dtype "
+                         f"{labels.dtype}" + (f" (first values {labels[:3].tolist()}); if they "
+                         "are whole numbers, pass labels.astype(np.int64)"
+                         if labels.dtype.kind == "f" else ""))
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        top = np.iinfo(np.int64).max if num_classes is None else num_classes - 1
+        if low < 0 or high > top:
+            raise ValueError(f"DataLoader: labels must lie in [0, {top}]; got values in "
+                             f"[{low}, {high}]")
+    return labels.astype(np.int64, copy=False)
 
 
 def _prefetched(batches, depth: int):
