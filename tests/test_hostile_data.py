@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_data_cifar import Server, leftovers, make_archive, write_fake_cifar10
+from test_data_images import png_bytes, png_header
 from test_data_mnist import idx_bytes, write_mnist_folder
 
 from minivgg.data import (
@@ -25,10 +26,12 @@ from minivgg.data import (
     DataLoader,
     Dataset,
     DownloadError,
+    ImageError,
     UnsafeArchiveError,
     cifar,
     load_cifar10,
     load_mnist,
+    read_image,
 )
 from minivgg.data.download import safe_extract
 from minivgg.data.mnist import read_idx
@@ -320,3 +323,31 @@ def test_dataset_take_refuses_a_limit_that_is_not_a_positive_count(limit):
     with pytest.raises(ValueError, match="Dataset.take: limit must be"):
         ds.take(limit)
     assert len(ds.take(2).train_labels) == 2 and len(ds.take(4).test_labels) == 3
+
+
+# --- pictures ------------------------------------------------------------------------------
+
+IMAGE_CASES = {
+    "text": (b"hello, I am not a picture", "is not a picture"),
+    "empty": (b"", "is not a picture"),
+    "header-bomb-12000": (png_header(12000, 12000), "12000×12000 = 144,000,000 pixels"),
+    "truncated-png": (png_bytes()[:3000], "damaged or truncated"),
+    "tiff": (png_bytes(4, "TIFF"), "is not a picture this reader opens"),
+}
+
+
+@pytest.mark.parametrize("data, match", IMAGE_CASES.values(), ids=IMAGE_CASES.keys())
+def test_read_image_refuses_what_is_not_a_usable_picture(tmp_path, data, match):
+    path = tmp_path / "photo.png"
+    path.write_bytes(data)
+    with pytest.raises(ImageError, match=match) as info:
+        read_image(path)
+    assert str(path) in str(info.value) and isinstance(info.value, ValueError)
+
+
+def test_read_image_names_a_missing_file_and_honours_max_pixels(tmp_path):
+    with pytest.raises(ImageError, match="cannot read .*nowhere.png"):
+        read_image(tmp_path / "nowhere.png")
+    (tmp_path / "big.png").write_bytes(png_bytes(64))
+    with pytest.raises(ImageError, match="64×64 = 4,096 pixels, more than the 1,000"):
+        read_image(tmp_path / "big.png", max_pixels=1000)

@@ -6,6 +6,7 @@
     train = DataLoader(ds.train_images, ds.train_labels, batch_size=128, seed=0,
                        transform=Compose([RandomCrop(32, 4), HorizontalFlip(), norm]))
     for x, y in train: ...                  # float32 (B, C, H, W), int64 (B,)
+    read_image("cat.jpg", target=32)        # one picture: uint8 (C, H, W), size-checked
 
 A damaged data file raises CorruptDataError (a ValueError) naming the file and what to do.
 """
@@ -13,6 +14,7 @@ A damaged data file raises CorruptDataError (a ValueError) naming the file and w
 from minivgg.data.cifar import load_cifar10, load_cifar100
 from minivgg.data.dataset import CorruptDataError, Dataset
 from minivgg.data.download import DownloadError, UnsafeArchiveError
+from minivgg.data.images import ImageError, prepare_image, read_image
 from minivgg.data.loader import DataLoader
 from minivgg.data.mnist import load_fashion_mnist, load_mnist
 from minivgg.data.safe_pickle import RefusedPickleError
@@ -54,7 +56,8 @@ def load_dataset(name: str, data_dir=None, download: bool = True, **kw) -> Datas
 
 __all__ = [
     "Compose", "CorruptDataError", "DATASETS", "DataLoader", "Dataset", "DownloadError",
-    "HorizontalFlip", "Normalize", "PCALighting", "RandomCrop", "RefusedPickleError",
-    "ScaleJitter", "UnsafeArchiveError", "load_cifar10", "load_cifar100", "load_dataset",
-    "load_fashion_mnist", "load_mnist", "make_shapes",
+    "HorizontalFlip", "ImageError", "Normalize", "PCALighting", "RandomCrop",
+    "RefusedPickleError", "ScaleJitter", "UnsafeArchiveError", "load_cifar10",
+    "load_cifar100", "load_dataset", "load_fashion_mnist", "load_mnist", "make_shapes",
+    "prepare_image", "read_image",
 ]
