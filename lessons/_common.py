@@ -5,8 +5,11 @@ Environment variables:
     MINIVGG_LESSON_OUT    root folder for the outputs (default lessons/out); a lesson writes
                           into <root>/<lesson name>/, e.g. lessons/out/03_convolution/
     MINIVGG_LESSON_FAST   1: smaller inputs, fewer steps -- the same logic, for CI
-    MINIVGG_LESSON_DATA   "cifar10" (default: the real subset when present) or "shapes"
-                          (the offline synthetic set)
+    MINIVGG_LESSON_DATA   "cifar10" (default: real pictures when they can be had, see
+                          load_images) or "shapes" (the offline synthetic set, always)
+    MINIVGG_LESSON_DOWNLOAD  0: never download CIFAR-10 (the tests set it); default 1
+    MINIVGG_LESSON_NO_SUBSET 1: ignore the CIFAR-10 subset of this development machine
+                          (../shared), as a user's clone would (the tests use it)
     MINIVGG_LESSON_THREADS  BLAS threads (default 1; 0 keeps the library's default). The
                           lessons' matrices are small, and on a busy 2-core machine
                           OpenBLAS's spinning threads made a small VGG's training step
@@ -82,26 +85,85 @@ def timed(fn, repeat: int = 3) -> float:
     return float(np.median(times))
 
 
-def cifar_folder():
-    """The folder holding the real CIFAR-10 subset beside the project, or None."""
+def _subset_folder():
+    """The real CIFAR-10 subset beside the project, on the development machine only."""
+    if os.environ.get("MINIVGG_LESSON_NO_SUBSET", "0") not in ("", "0"):
+        return None
     found = (CIFAR_SUBSET / "cifar-10-batches-py" / "batches.meta").is_file()
     return CIFAR_SUBSET if found else None
 
 
-def load_images(n_shapes_train: int = 2000, n_shapes_test: int = 500):
-    """Real CIFAR-10 pictures when they can be had offline, else the synthetic shapes set.
+_found_folder = None     # where load_images found CIFAR-10 (for cifar_folder)
 
-    Looks for the real subset beside the project (../shared/data/cifar10-subset), then in
-    $MINIVGG_DATA or ~/.cache/minivgg; never downloads. Returns a minivgg.data.Dataset.
+
+def cifar_folder():
+    """The folder load_images read CIFAR-10 from (None before, or for the shapes set);
+    before any load_images call, the development machine's subset if present."""
+    return _found_folder if _found_folder is not None else _subset_folder()
+
+
+def chance(labels) -> float:
+    """Chance accuracy, as every lesson defines it: the fraction of the most common class
+    in ``labels`` (pass the test labels a lesson scores on) -- what always guessing that
+    class would score."""
+    counts = np.bincount(np.asarray(labels))
+    return float(counts.max() / counts.sum())
+
+
+def how_to_get_real_data() -> str:
+    """One line: how to have the lessons use real CIFAR-10 pictures."""
+    from minivgg.data.download import cache_dir
+    return (f"for real pictures, run a lesson once with network access (it downloads "
+            f"CIFAR-10, 170 MB, into {cache_dir()}) or point MINIVGG_DATA at a folder "
+            f"holding cifar-10-batches-py")
+
+
+def load_images(n_shapes_train: int = 2000, n_shapes_test: int = 500):
+    """Real CIFAR-10 pictures whenever they can be had, else the synthetic shapes set.
+
+    Looks, in order, in $MINIVGG_DATA, in the package's cache (~/.cache/minivgg, the folder
+    ``minivgg train`` uses), in the real subset of the development machine when present,
+    and otherwise downloads CIFAR-10 once into the cache (MD5-checked, with a progress bar)
+    if the network allows. Only when all of that fails: the shapes set, and a line saying
+    how to get the real data. Prints where the pictures came from; returns a
+    minivgg.data.Dataset.
     """
-    from minivgg.data import load_cifar10, make_shapes
-    if os.environ.get("MINIVGG_LESSON_DATA", "cifar10") != "shapes":
-        for folder in (cifar_folder(), None):
-            try:
-                return load_cifar10(data_dir=folder, download=False)
-            except (FileNotFoundError, OSError):
-                continue
-        print("   (no CIFAR-10 found offline: using the synthetic shapes set instead)")
+    global _found_folder
+    from minivgg.data import DownloadError, load_cifar10, make_shapes
+    from minivgg.data.dataset import CorruptDataError
+    from minivgg.data.download import DEFAULT_CACHE, cache_dir
+
+    if os.environ.get("MINIVGG_LESSON_DATA", "cifar10") == "shapes":
+        print("   (MINIVGG_LESSON_DATA=shapes: using the synthetic shapes set)")
+        return make_shapes(n_train=n_shapes_train, n_test=n_shapes_test, seed=0)
+    places = []
+    if os.environ.get("MINIVGG_DATA"):
+        places.append(("$MINIVGG_DATA", cache_dir()))
+    places.append(("the cache", DEFAULT_CACHE.expanduser()))
+    if (subset := _subset_folder()) is not None:
+        places.append(("the CIFAR-10 subset beside the project", subset))
+    for what, folder in places:
+        try:
+            ds = load_cifar10(data_dir=folder, download=False)
+        except FileNotFoundError:
+            continue
+        except (CorruptDataError, OSError) as exc:
+            print(f"   (CIFAR-10 in {what}, {folder}, could not be read: {exc})")
+            continue
+        _found_folder = folder
+        print(f"   CIFAR-10 from {what} ({folder}): {len(ds.train_images):,} training and "
+              f"{len(ds.test_images):,} test images")
+        return ds
+    if os.environ.get("MINIVGG_LESSON_DOWNLOAD", "1") not in ("", "0"):
+        print(f"   no CIFAR-10 found; downloading it once into {cache_dir()} ...")
+        try:
+            ds = load_cifar10(download=True)
+            _found_folder = cache_dir()
+            return ds
+        except (DownloadError, OSError) as exc:
+            print(f"   download failed: {str(exc).split('. ')[0]}")
+    print("   (no CIFAR-10 here: using the synthetic shapes set instead; "
+          f"{how_to_get_real_data()})")
     return make_shapes(n_train=n_shapes_train, n_test=n_shapes_test, seed=0)
 
 
