@@ -7,7 +7,8 @@
 
 Network: VGG configuration A at 32x32 (3x3 convs with padding 1 + ReLU, 2x2 max-pool),
 Flatten(512), Dense 512 -> 10; 9,225,610 parameters; float32; softmax cross-entropy;
-SGD with momentum 0.9. Variants: "minivgg:BACKEND" (Conv2D's default algorithm, "auto"),
+SGD with momentum 0.9 (minivgg.optim.SGD and torch.optim.SGD: the same update rule).
+Variants: "minivgg:BACKEND" (Conv2D's default algorithm, "auto"),
 "minivgg:numba-im2col" and "minivgg:numba-winograd" (every convolution forced to one
 algorithm), "torch:nchw" and "torch:channels_last". Built here from minivgg.layers so the
 benchmark does not depend on models/vgg.py. The first convolution computes no input
@@ -79,39 +80,35 @@ def torch_model(channels_last):
 
 
 class MinivggRunner:
-    """One training step = forward, loss, backward, SGD with momentum (written inline)."""
+    """One training step = minivgg.train.train_step: forward, loss, backward, SGD update."""
 
     def __init__(self, name, batch):
         import minivgg as mv
-        from minivgg.losses import SoftmaxCrossEntropy
+        from minivgg.optim import SGD
+        from minivgg.train import train_step
         backend, _, algorithm = name.partition("-")        # "numba-winograd" -> numba, winograd
-        self.backend, self.mv = backend, mv
+        self.backend, self.mv, self.step = backend, mv, train_step
         mv.set_backend(backend)
+        self.device = mv.resolve_device("gpu" if backend == "cupy" else "cpu")
         self.model = minivgg_model(algorithm=algorithm or "auto")
+        self.optimizer = SGD(self.model, LR, MOMENTUM, weight_decay=0.0)
+        mv.place(self.model, self.optimizer, self.device)
         rng = np.random.default_rng(1)
         x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
-        if backend == "cupy":
-            self.model.to("gpu")
-        self.x, self.y = mv.to_device(x), mv.to_device(rng.integers(0, 10, batch))
-        self.loss = SoftmaxCrossEntropy()
-        self.params = self.model.parameters()
-        self.velocity = [p.grad * 0 for p in self.params]
+        self.x = mv.to_device(x, self.device)
+        self.y = mv.to_device(rng.integers(0, 10, batch), self.device)
 
     def train_step(self):
         self.mv.set_backend(self.backend)          # variants share the process
-        out = self.model.forward(self.x, training=True)
-        value = self.loss.forward(out, self.y)
-        self.model.backward(self.loss.backward())
-        for p, v in zip(self.params, self.velocity):   # v = mu v - lr g;  w = w + v
-            v *= MOMENTUM
-            v -= LR * p.grad
-            p.data += v
+        loss, _ = self.step(self.model, self.optimizer, self.x, self.y)
         self.sync()
-        return float(value)
+        return loss
 
     def infer(self):
         self.mv.set_backend(self.backend)
-        self.model.forward(self.x, training=False)
+        self.model.eval()
+        with self.mv.no_grad():
+            self.model.forward(self.x)
         self.sync()
 
     def sync(self):
@@ -167,7 +164,12 @@ def make_runner(variant, batch):
 def available_variants():
     import minivgg.backend as b
     variants = ["minivgg:numpy"]
-    if b._numba_available():
+    try:
+        import numba  # noqa: F401
+        has_numba = True
+    except ImportError:
+        has_numba = False
+    if has_numba:
         # "numba" is what users get (Conv2D's algorithm="auto"); the others force one algorithm
         variants += ["minivgg:numba", "minivgg:numba-im2col", "minivgg:numba-winograd"]
     if b.cupy_problem() is None:
@@ -226,12 +228,13 @@ import time; t0 = time.perf_counter()
 import numpy as np, minivgg as mv
 from minivgg.layers import Conv2D, ReLU, MaxPool2D, Flatten, Dense
 from minivgg.models.sequential import Sequential
-from minivgg.losses import SoftmaxCrossEntropy
+from minivgg.optim import SGD
+from minivgg.train import train_step
 mv.set_backend("numba"); t1 = time.perf_counter()
 m = Sequential(Conv2D(3, 4), ReLU(), MaxPool2D(), Conv2D(4, 4), ReLU(), MaxPool2D(),
                Flatten(), Dense(16, 2))
-x = np.ones((2, 3, 8, 8), np.float32); loss = SoftmaxCrossEntropy()
-loss.forward(m.forward(x), np.array([0, 1])); m.backward(loss.backward())
+x = np.ones((2, 3, 8, 8), np.float32)
+train_step(m, SGD(m, 0.01), x, np.array([0, 1]))
 t2 = time.perf_counter()
 print(t1 - t0, t2 - t1)
 """

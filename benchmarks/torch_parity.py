@@ -36,36 +36,21 @@ sys.path.insert(0, str(ROOT))
 
 CFG = {"model": "A", "width": 0.25, "batch_norm": True, "batch_size": 128, "lr": 0.05,
        "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "augment": "crop+flip",
-       "crop_padding": 4, "eval_batch_size": 500}
+       "crop_padding": 4, "eval_batch_size": 500,
+       "val_split": 0.0}          # both sides train on every training image
 
 
 # -- minivgg ----------------------------------------------------------------------------
 def run_minivgg(data_dir: str, epochs: int, seed: int, out: Path) -> dict:
-    import minivgg as mv
     from minivgg.checkpoint import write_json
-    from minivgg.data import Normalize
-    from minivgg.experiment import (
-        DEFAULTS,
-        load_data,
-        make_loaders,
-        make_model,
-        make_optimizer,
-        make_run_schedule,
-    )
+    from minivgg.run import DEFAULTS, build_run
     from minivgg.train import Trainer
-    mv.set_backend("numba")
     config = {**DEFAULTS, **CFG, "dataset": "cifar10", "data_dir": data_dir, "epochs": epochs,
               "seed": seed, "backend": "numba"}
-    ds = load_data(config)
+    run = build_run(config)
+    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config)        # the run folder `minivgg eval` can read
-    normalize = Normalize.from_data(ds.train_images)
-    train, test = make_loaders(config, ds, normalize)
-    model = make_model(config, ds.num_classes, 3)
-    optimizer = make_optimizer(config, model)
-    meta = {"classes": ds.classes, "spec": model.spec, "normalize": normalize.state_dict(),
-            "image_shape": list(ds.image_shape), "config": config}
-    trainer = Trainer(model, optimizer, make_run_schedule(config, len(train)), train, test,
-                      out, epochs, meta, progress=False, log=lambda *a: None)
+    trainer = Trainer.for_run(run, out, progress=False, log=lambda *a: None)
     t0 = time.perf_counter()
     trainer.fit()
     wall = time.perf_counter() - t0
@@ -181,14 +166,12 @@ def run_torch_matched(data_dir: str, epochs: int, seed: int, threads: int) -> di
     import torch
     from torch import nn
 
-    from minivgg.data import Normalize
-    from minivgg.experiment import DEFAULTS, load_data, make_loaders, make_model
+    from minivgg.run import DEFAULTS, build_run
     torch.set_num_threads(threads)
     config = {**DEFAULTS, **CFG, "dataset": "cifar10", "data_dir": data_dir, "epochs": epochs,
-              "seed": seed}
-    ds = load_data(config)
-    train, test = make_loaders(config, ds, Normalize.from_data(ds.train_images))
-    ours = make_model(config, ds.num_classes, 3)
+              "seed": seed, "backend": "numpy"}
+    run = build_run(config)       # minivgg's batches and initial weights, on the CPU
+    train, test, ours = run.train_loader, run.test_loader, run.model
     model = torch_vgg(torch, nn, CFG["width"])
     with torch.no_grad():
         for a, b in zip(ours.parameters(), model.parameters()):
@@ -216,7 +199,7 @@ def run_torch_matched(data_dir: str, epochs: int, seed: int, threads: int) -> di
         with torch.no_grad():
             hits = sum(int((model(torch.from_numpy(x)).argmax(1) == torch.from_numpy(y)).sum())
                        for x, y in test)
-        curve.append(round(100.0 * hits / len(ds.test_labels), 2))
+        curve.append(round(100.0 * hits / len(test.labels), 2))
     return {"test_top1": curve[-1], "wall_s": round(time.perf_counter() - t0, 1),
             "curve": curve}
 

@@ -37,17 +37,22 @@ def cpu_name() -> str:
 
 
 def summarise_run(run: Path) -> dict:
-    from minivgg.checkpoint import load_checkpoint, read_csv, read_json
+    from minivgg.checkpoint import read_checkpoint, read_csv, read_json
     rows = read_csv(run / "metrics.csv")
     config = read_json(run / "config.json")
-    _, _, meta = load_checkpoint(run / "last.npz")
+    last_ckpt = read_checkpoint(run / "last.npz", arrays=False)
     last = rows[-1]
-    return {"run": str(run), "epochs": last["epoch"], "test_top1": round(last["test_top1"], 2),
-            "test_top5": round(last["test_top5"], 2),
-            "best_test_top1": round(max(r["test_top1"] for r in rows), 2),
-            "train_top1": round(last["train_top1"], 2), "wall_s": round(last["elapsed_s"], 1),
-            "curve": [round(r["test_top1"], 2) for r in rows], "config": config,
-            "spec": meta["spec"]}
+    summary = {"run": str(run), "epochs": last["epoch"],
+               "test_top1": round(last["test_top1"], 2), "test_top5": round(last["test_top5"], 2),
+               "best_test_top1": round(max(r["test_top1"] for r in rows), 2),
+               "train_top1": round(last["train_top1"], 2), "wall_s": round(last["elapsed_s"], 1),
+               "curve": [round(r["test_top1"], 2) for r in rows], "config": config,
+               "spec": last_ckpt.facts.settings}
+    if "val_top1" in last:          # the checkpoint selected on validation: its test figure
+        chosen = rows[last_ckpt.progress.best_epoch - 1]
+        summary.update(selected_epoch=chosen["epoch"], selected_val_top1=chosen["val_top1"],
+                       selected_test_top1=round(chosen["test_top1"], 2))
+    return summary
 
 
 def write_result(name: str, runs: list[Path], note: str) -> Path:

@@ -17,9 +17,9 @@ from minivgg.backend import cupy_problem
 from minivgg.gradcheck import relative_error
 from minivgg.kernels import cpu
 from minivgg.layers import Conv2D
-from minivgg.losses import SoftmaxCrossEntropy
 from minivgg.models import vgg
 from minivgg.optim import SGD
+from minivgg.train import train_step
 
 FIGURES = ["timings.png", "blas_threads.png"]
 OUT = out_dir("11_backends")
@@ -106,8 +106,9 @@ def conv_closures(name, algorithm):
     """Outputs and gradients of the conv on one backend, and closures that time it."""
     mv.set_backend(name)
     layer = Conv2D(c, f, rng=np.random.default_rng(3), algorithm=algorithm)  # same weights
-    layer.to("gpu" if name == "cupy" else "cpu")
-    xd, dd = mv.to_device(x), mv.to_device(dout)
+    device = "gpu" if name == "cupy" else "cpu"
+    mv.place(layer, None, device)
+    xd, dd = mv.to_device(x, device), mv.to_device(dout, device)
     chosen = "winograd" if layer.uses_winograd(xd) else "im2col"
 
     def forward():
@@ -178,16 +179,14 @@ ys = rng.integers(0, 10, batch)
 def step_closure(name):
     """A fresh VGG-A (same seed on every backend) and a closure doing one SGD step."""
     mv.set_backend(name)
+    device = "gpu" if name == "cupy" else "cpu"
     model = vgg("A", num_classes=10, input_size=32, head="cifar", width=width, seed=0)
-    model.to("gpu" if name == "cupy" else "cpu")
     opt = SGD(model, lr=0.01, momentum=0.9, weight_decay=5e-4)
-    loss_fn = SoftmaxCrossEntropy()
-    xd, yd = mv.to_device(xs), mv.to_device(ys)
+    mv.place(model, opt, device)                 # parameters and optimizer state
+    xd, yd = mv.to_device(xs, device), mv.to_device(ys, device)
 
     def step():
-        loss = loss_fn.forward(model.forward(xd, training=True), yd)
-        model.backward(loss_fn.backward())
-        opt.step()
+        loss, _ = train_step(model, opt, xd, yd)   # minivgg.train's one training step
         synchronize(name)
         return loss
 
@@ -247,19 +246,17 @@ child_batch, child_steps, rounds = (16, 3, 1) if FAST else (64, 6, 2)
 CHILD = f"""
 import time, numpy as np, minivgg as mv
 from minivgg.models import vgg
-from minivgg.losses import SoftmaxCrossEntropy
 from minivgg.optim import SGD
+from minivgg.train import train_step
 mv.set_backend("numba")
 model = vgg("A", 10, 32, head="cifar", width={width}, seed=0)
-opt, loss_fn = SGD(model, lr=0.01), SoftmaxCrossEntropy()
+opt = SGD(model, lr=0.01)
 x = np.random.default_rng(0).standard_normal(({child_batch}, 3, 32, 32)).astype(np.float32)
 y = np.arange({child_batch}) % 10
 times = []
 for _ in range({child_steps}):
     t = time.perf_counter()
-    loss_fn.forward(model.forward(x), y)
-    model.backward(loss_fn.backward())
-    opt.step()
+    train_step(model, opt, x, y)
     times.append(time.perf_counter() - t)
 print(np.median(times[1:]))
 """

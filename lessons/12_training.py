@@ -25,20 +25,14 @@ from _common import (
 
 import minivgg as mv
 from minivgg.checkpoint import write_json
-from minivgg.data import Dataset, Normalize
-from minivgg.experiment import (
-    DEFAULTS,
-    make_loaders,
-    make_model,
-    make_optimizer,
-    make_run_schedule,
-)
+from minivgg.data import Dataset
 from minivgg.gradcheck import compute_gradients, relative_error
 from minivgg.layers import Conv2D
 from minivgg.losses import SoftmaxCrossEntropy
 from minivgg.models import vgg
 from minivgg.plots import plot_curves
-from minivgg.train import Trainer, evaluate
+from minivgg.run import DEFAULTS, build_run, make_optimizer
+from minivgg.train import Trainer, evaluate, train_step
 
 FIGURES = ["overfit_one_batch.png", "curves.png"]
 OUT = out_dir("12_training")
@@ -58,7 +52,6 @@ print(f"   {ds!r}; backend {backend!r}")
 print(f"   VGG-{config['model']}, width {config['width']}, batch norm, SGD momentum 0.9, lr "
       f"{config['lr']} cosine, weight decay {config['weight_decay']}, batch "
       f"{config['batch_size']}, {epochs} epochs, random crops and flips")
-normalize = Normalize.from_data(ds.train_images)
 loss_fn = SoftmaxCrossEntropy()
 
 section("Sanity check 1: the gradients of this very architecture")
@@ -81,9 +74,12 @@ print(f"   the {len(conv_biases)} conv biases are the exception: batch norm subt
 assert max(errs.values()) < 1e-6 and biggest < 1e-8
 
 section("Sanity check 2: the first loss")
-model = make_model(config, ds.num_classes, 3)
-x0 = normalize(ds.train_images[:256]).astype(np.float32)
-first = loss_fn.forward(model.forward(x0, training=False), ds.train_labels[:256])
+run = build_run(config, dataset=ds)    # data, normalisation, model, loaders, optimizer
+model, normalize = run.model, run.normalize
+x0 = normalize(ds.train_images[:256], None).astype(np.float32)
+model.eval()
+with mv.no_grad():
+    first = loss_fn.forward(model.forward(x0), ds.train_labels[:256])
 print(f"   untrained: loss {first:.4f} on 256 images; ln(10) = {math.log(10):.4f} "
       f"(lesson 07: near-uniform guesses)")
 
@@ -93,19 +89,15 @@ say(f"""
     A network that cannot memorise {n_batch} pictures cannot learn 50,000. Trained on one
     fixed batch, without augmentation, its loss must fall to ~0 and its accuracy reach 100 %.
 """)
-xb = normalize(ds.train_images[:n_batch]).astype(np.float32)
+xb = normalize(ds.train_images[:n_batch], None).astype(np.float32)
 yb = ds.train_labels[:n_batch]
 opt = make_optimizer({**config, "lr": 0.02, "weight_decay": 0.0}, model)
 history = []
 for _ in range(150):
-    logits = model.forward(xb, training=True)
-    loss = loss_fn.forward(logits, yb)
-    acc = float((logits.argmax(axis=1) == yb).mean())
-    history.append((loss, acc))
-    if acc == 1.0 and loss < 0.05:
+    loss, correct = train_step(model, opt, xb, yb)   # forward, loss, backward, update
+    history.append((loss, correct / n_batch))        # (measured before the update)
+    if correct == n_batch and loss < 0.05:
         break
-    model.backward(loss_fn.backward())
-    opt.step()
 print(f"   {n_batch} images: loss {history[0][0]:.3f} -> {history[-1][0]:.4f}, accuracy "
       f"{history[0][1]:.0%} -> {history[-1][1]:.0%} in {len(history)} steps")
 assert history[-1][1] == 1.0, "the network could not overfit one batch: something is broken"
@@ -120,16 +112,13 @@ ax.set_title(f"overfitting one batch of {n_batch} images")
 save(fig, OUT, FIGURES[0])
 
 section("A short run")
-model = make_model(config, ds.num_classes, 3)          # a fresh network
-train_loader, test_loader = make_loaders(config, ds, normalize)
-optimizer = make_optimizer(config, model)
-schedule = make_run_schedule(config, len(train_loader))
-meta = {"classes": ds.classes, "normalize": normalize.state_dict(), "spec": model.spec,
-        "image_shape": list(ds.image_shape), "config": config}
+run = build_run(config, dataset=ds)                    # a fresh network, the same recipe
+model, train_loader, test_loader = run.model, run.train_loader, run.test_loader
+print(f"   {len(run.val_loader.images)} of the {n_train} training images are held out to "
+      "select best.npz (validation); the test images are only reported")
 RUN.mkdir(parents=True, exist_ok=True)
 write_json(RUN / "config.json", config)
-trainer = Trainer(model, optimizer, schedule, train_loader, test_loader, RUN, epochs, meta,
-                  progress=False, log=lambda line: print("   " + line))
+trainer = Trainer.for_run(run, RUN, progress=False, log=lambda line: print("   " + line))
 t0 = time.perf_counter()
 result = trainer.fit()
 seconds = time.perf_counter() - t0

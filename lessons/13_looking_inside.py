@@ -9,16 +9,8 @@ trains a small network briefly first, with the same recipe.
 from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
 
 import minivgg as mv
-from minivgg.checkpoint import load_checkpoint
+from minivgg.checkpoint import read_checkpoint
 from minivgg.data import DataLoader, Dataset, Normalize
-from minivgg.experiment import (
-    DEFAULTS,
-    make_loaders,
-    make_model,
-    make_optimizer,
-    make_run_schedule,
-)
-from minivgg.models import vgg
 from minivgg.plots import (
     block_outputs,
     confusion_matrix,
@@ -27,6 +19,7 @@ from minivgg.plots import (
     plot_feature_maps,
     plot_filters,
 )
+from minivgg.run import DEFAULTS, build_run, make_model, model_from_checkpoint, saved_config
 from minivgg.train import Trainer, evaluate
 
 FIGURES = ["filters.png", "feature_maps.png", "confusion.png", "mistakes.png"]
@@ -37,12 +30,11 @@ title("Lesson 13: what the network learned")
 mv.set_backend("numba")   # on the CPU, like every lesson (lesson 11 compares backends)
 ds = load_images()
 if CHECKPOINT.is_file():
-    state, _, meta = load_checkpoint(CHECKPOINT)
-    spec = meta["spec"]
-    model = vgg(**{**spec, "hidden": tuple(spec["hidden"])})
-    model.load_state_dict(state)
-    normalize = Normalize(**meta["normalize"])
-    print(f"   loaded lesson 12's network from {CHECKPOINT} (after epoch {meta['epoch']})")
+    ckpt = read_checkpoint(CHECKPOINT)
+    model, config = model_from_checkpoint(ckpt), saved_config(ckpt.facts.config)
+    normalize = Normalize(**ckpt.facts.normalize)
+    print(f"   loaded lesson 12's network from {CHECKPOINT} (after epoch "
+          f"{ckpt.progress.epoch})")
 else:
     print(f"   no checkpoint at {CHECKPOINT} (run lesson 12 first to reuse it); training a "
           "small network briefly instead:")
@@ -50,14 +42,10 @@ else:
     small = Dataset(ds.name, ds.train_images[:n_train], ds.train_labels[:n_train],
                     ds.test_images[:256], ds.test_labels[:256], ds.classes)
     config = {**DEFAULTS, "dataset": ds.name, "width": 0.25, "batch_norm": True,
-              "epochs": epochs, "batch_size": 64, "lr": 0.05, "seed": 0}
-    normalize = Normalize.from_data(small.train_images)
-    model = make_model(config, ds.num_classes, 3)
-    train_loader, test_loader = make_loaders(config, small, normalize)
-    spec = model.spec
-    Trainer(model, make_optimizer(config, model), make_run_schedule(config, len(train_loader)),
-            train_loader, test_loader, OUT / "run", epochs, {"spec": spec},
-            progress=False, log=lambda line: print("   " + line)).fit()
+              "epochs": epochs, "batch_size": 64, "lr": 0.05, "seed": 0, "backend": "numba"}
+    run = build_run(config, dataset=small)
+    model, normalize = run.model, run.normalize
+    Trainer.for_run(run, OUT / "run", progress=False, log=lambda line: print("   " + line)).fit()
 n_test = 256 if FAST else len(ds.test_images)
 test_images, test_labels = ds.test_images[:n_test], ds.test_labels[:n_test]
 loader = DataLoader(test_images, test_labels, batch_size=256, shuffle=False,
@@ -67,7 +55,7 @@ print(f"   test top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}% on {res
 
 section("First-layer filters")
 weight = first_conv_weight(model)
-untrained = first_conv_weight(vgg(**{**spec, "hidden": tuple(spec["hidden"])}))  # same seed
+untrained = first_conv_weight(make_model(config, ds.num_classes, 3))  # the run's seed
 change = np.linalg.norm(weight - untrained) / np.linalg.norm(untrained)
 print(f"   {weight.shape[0]} filters of shape {weight.shape[1:]}; training moved them by "
       f"{change:.0%} of their initial size (same seed, so the same starting point)")
@@ -132,8 +120,9 @@ plot_confusion(result["labels"], result["predicted"], ds.classes, OUT / FIGURES[
 print(f"   [figure] {OUT / FIGURES[2]}")
 
 section("The most confident mistakes")
-logits = mv.asnumpy(model.forward(mv.to_device(normalize(test_images).astype(np.float32)),
-                                  training=False))
+model.eval()
+with mv.no_grad():
+    logits = mv.asnumpy(model.forward(mv.to_device(normalize(test_images).astype(np.float32))))
 probs = np.exp(logits - logits.max(axis=1, keepdims=True))
 probs /= probs.sum(axis=1, keepdims=True)
 predicted = probs.argmax(axis=1)

@@ -9,13 +9,13 @@ import time
 from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
 
 import minivgg as mv
-from minivgg.checkpoint import load_checkpoint
+from minivgg.checkpoint import read_checkpoint
 from minivgg.data import Compose, DataLoader, HorizontalFlip, Normalize
 from minivgg.layers import Conv2D, LocalResponseNorm
-from minivgg.losses import SoftmaxCrossEntropy
 from minivgg.models import init_from, to_dense_eval, vgg
 from minivgg.optim import SGD
-from minivgg.train import evaluate
+from minivgg.run import model_from_checkpoint
+from minivgg.train import evaluate, train_step
 
 FIGURES = ["lrn_scale.png", "init_from_a.png", "dense_evaluation.png"]
 OUT = out_dir("14_paper_tricks")
@@ -42,12 +42,10 @@ def train(model, label):
                         seed=0, transform=Compose([HorizontalFlip(), normalize]),
                         drop_last=True)
     opt = SGD(model, lr=0.02, momentum=0.9, weight_decay=5e-4)
-    loss_fn, losses, t0 = SoftmaxCrossEntropy(), [], time.perf_counter()
+    losses, t0 = [], time.perf_counter()
     for _ in range(epochs):
         for x, y in loader:
-            losses.append(loss_fn.forward(model.forward(x, training=True), y))
-            model.backward(loss_fn.backward())
-            opt.step()
+            losses.append(train_step(model, opt, x, y)[0])
     seconds = time.perf_counter() - t0
     top1 = evaluate(model, test_loader)["top1"]
     print(f"   {label:14s}: loss {losses[0]:.3f} -> {np.mean(losses[-5:]):.3f} (mean of the last "
@@ -130,10 +128,9 @@ say("""
 section("Dense evaluation: the classifier as convolutions")
 CHECKPOINT = OUT.parent / "12_training" / "run" / "best.npz"
 if CHECKPOINT.is_file():                       # lesson 12's network was trained for longer
-    state, _, meta = load_checkpoint(CHECKPOINT)
-    model_a = vgg(**{**meta["spec"], "hidden": tuple(meta["spec"]["hidden"])})
-    model_a.load_state_dict(state)
-    normalize = Normalize(**meta["normalize"])
+    ckpt = read_checkpoint(CHECKPOINT)
+    model_a = model_from_checkpoint(ckpt)
+    normalize = Normalize(**ckpt.facts.normalize)
     print(f"   using lesson 12's VGG-A ({CHECKPOINT})")
 dense = to_dense_eval(model_a)
 print("   to_dense_eval(A): the Dense head becomes a convolution; the network now takes any "

@@ -13,13 +13,30 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from minivgg.experiment import AUGMENTS, DEFAULTS
+from minivgg.commands.flags import (
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_NUMBER,
+    POSITIVE,
+    POSITIVE_NUMBER,
+    input_size,
+    model_config,
+)
+from minivgg.run import AUGMENTS, DEFAULTS, OPTIMIZERS
 from minivgg.schedules import SCHEDULES
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist", "shapes")
 BACKENDS = ("auto", "numpy", "numba", "cupy")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line: what was wrong, and where the help is."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _flag(p, name, help_, **kw):
@@ -34,54 +51,62 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     _flag(d, "--dataset", "data set", choices=DATASETS)
     _flag(d, "--data-dir", "folder holding the data set (else $MINIVGG_DATA, else "
           "~/.cache/minivgg; CIFAR is downloaded there when missing)")
-    _flag(d, "--limit", "use only the first N train and test images: a quick run", type=int)
+    _flag(d, "--limit", "use only the first N train and test images: a quick run", type=POSITIVE)
+    _flag(d, "--val-split", "share of the training images held out, with --seed, to select "
+          "best.npz and drive 'plateau' (0: train on all, the last epoch is selected)",
+          type=FRACTION)
     _flag(d, "--augment", "training augmentation: random 32x32 crops of the padded image "
           "and/or horizontal flips", choices=AUGMENTS)
     _flag(d, "--crop-padding", "pixels of zero padding around an image before the random "
-          "crop", type=int)
+          "crop", type=NON_NEGATIVE)
     m = p.add_argument_group("model")
     _flag(m, "--model", "VGG configuration of the paper's Table 1: A-E, A-LRN or vgg11, "
           "vgg13, vgg16, vgg19; or a custom list of channels and M (max-pool), e.g. "
-          "16,M,32,M,64,64,M,128,128,M for 28x28 inputs")
-    _flag(m, "--width", "multiplies every convolution's channels (0.25: 16..128)", type=float)
+          "16,M,32,M,64,64,M,128,128,M for 28x28 inputs", type=model_config)
+    _flag(m, "--width", "multiplies every convolution's channels (0.25: 16..128)",
+          type=POSITIVE_NUMBER)
     _flag(m, "--batch-norm", "batch normalisation after each convolution",
           action=argparse.BooleanOptionalAction)
     _flag(m, "--head", "classifier: 'cifar' (one Dense layer, or --hidden ones) or the "
           "paper's 'imagenet' 4096-4096 head", choices=("cifar", "imagenet"))
     _flag(m, "--hidden", "hidden Dense sizes of the cifar head, e.g. --hidden 512",
-          type=int, nargs="*")
-    _flag(m, "--dropout", "dropout probability after each hidden Dense layer", type=float)
+          type=POSITIVE, nargs="*")
+    _flag(m, "--dropout", "dropout probability after each hidden Dense layer", type=FRACTION)
     _flag(m, "--init", "weights: 'he' (torchvision) or 'paper' (N(0, 0.01))",
           choices=("he", "paper"))
-    _flag(m, "--input-size", "network input side; smaller images are zero-padded", type=int)
+    _flag(m, "--input-size", "network input side, a multiple of 32; smaller images are "
+          "zero-padded", type=input_size)
     o = p.add_argument_group("optimisation")
-    _flag(o, "--epochs", "passes over the training set", type=int)
-    _flag(o, "--batch-size", "images per step", type=int)
-    _flag(o, "--eval-batch-size", "images per batch when evaluating", type=int)
+    _flag(o, "--epochs", "passes over the training set", type=POSITIVE)
+    _flag(o, "--batch-size", "images per step", type=POSITIVE)
+    _flag(o, "--eval-batch-size", "images per batch when evaluating", type=POSITIVE)
     _flag(o, "--lr", "learning rate (the paper: 0.01 at batch 256, without batch norm)",
-          type=float)
-    _flag(o, "--optimizer", "sgd (momentum, weight decay) or adam", choices=("sgd", "adam"))
-    _flag(o, "--momentum", "SGD momentum (the paper: 0.9)", type=float)
+          type=POSITIVE_NUMBER)
+    _flag(o, "--optimizer", "sgd (momentum, weight decay) or adam", choices=sorted(OPTIMIZERS))
+    _flag(o, "--momentum", "SGD momentum (the paper: 0.9)", type=FRACTION)
     _flag(o, "--nesterov", "Nesterov momentum", action=argparse.BooleanOptionalAction)
-    _flag(o, "--weight-decay", "L2 weight decay (the paper: 5e-4)", type=float)
+    _flag(o, "--weight-decay", "L2 weight decay (the paper: 5e-4)", type=NON_NEGATIVE_NUMBER)
     _flag(o, "--decay-all", "decay biases and batch-norm parameters too",
           action=argparse.BooleanOptionalAction)
     _flag(o, "--schedule", "learning-rate schedule; 'plateau' is the paper's (divide by 10 "
-          "when test accuracy stops improving)", choices=SCHEDULES)
-    _flag(o, "--warmup", "epochs of linear learning-rate warm-up", type=float)
-    _flag(o, "--milestones", "epochs where 'multistep' multiplies by --gamma", type=int,
+          "when validation accuracy stops improving)", choices=SCHEDULES)
+    _flag(o, "--warmup", "epochs of linear learning-rate warm-up", type=NON_NEGATIVE_NUMBER)
+    _flag(o, "--milestones", "epochs where 'multistep' multiplies by --gamma", type=POSITIVE,
           nargs="*")
-    _flag(o, "--gamma", "factor of step, multistep and plateau", type=float)
-    _flag(o, "--step", "epochs between reductions of 'step'", type=int)
-    _flag(o, "--patience", "epochs without improvement before 'plateau' reduces", type=int)
+    _flag(o, "--gamma", "factor of step, multistep and plateau", type=POSITIVE_NUMBER)
+    _flag(o, "--step", "epochs between reductions of 'step'", type=POSITIVE)
+    _flag(o, "--patience", "epochs without improvement before 'plateau' reduces",
+          type=NON_NEGATIVE)
     r = p.add_argument_group("run")
     _flag(r, "--backend", "array backend", choices=BACKENDS)
-    _flag(r, "--seed", "seeds initialisation, shuffling, augmentation and dropout", type=int)
-    _flag(r, "--prefetch", "batches prepared ahead in a background thread", type=int)
-    r.add_argument("--out", help="run folder (default: runs/<dataset>-<model>-<time>)")
+    _flag(r, "--seed", "seeds initialisation, shuffling, augmentation, dropout and the "
+          "validation split", type=NON_NEGATIVE)
+    _flag(r, "--prefetch", "batches prepared ahead in a background thread", type=NON_NEGATIVE)
+    r.add_argument("--out", help="run folder, new or empty (default: a fresh "
+                   "runs/<dataset>-<model>-<time>-<random>)")
     r.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its "
                    "last.npz, with its config.json (other options are ignored)")
-    r.add_argument("--overfit-batch", type=int, nargs="?", const=32, metavar="N",
+    r.add_argument("--overfit-batch", type=POSITIVE, nargs="?", const=32, metavar="N",
                    help="sanity check: train on one batch of N images (default 32) until "
                    "it is classified 100%% right; writes no run folder")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,14 +114,16 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="minivgg", description="VGG networks from scratch: train, evaluate, inspect.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a VGG; writes a run folder",
                        description="Train a VGG and write config.json, metrics.csv, last.npz, "
-                       "best.npz and figures to one run folder. Ctrl-C saves and stops; "
+                       "best.npz and figures to one run folder, which the run holds alone. "
+                       "best.npz is selected on a validation split of the training images; "
+                       "the test set is only reported. Ctrl-C or SIGTERM saves and stops; "
                        "--resume continues exactly.")
     add_train_args(p)
 
@@ -115,45 +142,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder (or a .npz checkpoint)")
     p.add_argument("images", nargs="+", help="PNG or JPEG files")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    p.add_argument("--top", type=int, default=5, help="classes to show (default: 5)")
+    p.add_argument("--top", type=POSITIVE, default=5, help="classes to show (default: 5)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
 
-    p = sub.add_parser("summary", help="table of a VGG's layers, shapes, parameters, MACs")
-    p.add_argument("model", nargs="?", default="vgg16", help="A-E, A-LRN, vgg11..vgg19")
-    p.add_argument("--input", type=int, default=224, help="input side (default: 224)")
-    p.add_argument("--classes", type=int, default=1000, help="outputs (default: 1000)")
+    p = sub.add_parser("summary", help="table of a VGG's layers, shapes, parameters, MACs",
+                       description="Worked out from the configuration alone: no weights are "
+                       "allocated, so any size is summarised at once.")
+    p.add_argument("model", nargs="?", default="vgg16", type=model_config,
+                   help="A-E, A-LRN, vgg11..vgg19, or a comma list such as 16,M,32,M")
+    p.add_argument("--input", type=input_size, default=224,
+                   help="input side, a multiple of 32 (default: 224)")
+    p.add_argument("--classes", type=POSITIVE, default=1000, help="outputs (default: 1000)")
     p.add_argument("--head", default=None, choices=("cifar", "imagenet"),
                    help="default: imagenet at 224 and above, else cifar")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default: 1)")
+    p.add_argument("--width", type=POSITIVE_NUMBER, default=1.0,
+                   help="channel multiplier (default: 1)")
     p.add_argument("--batch-norm", action="store_true")
 
     p = sub.add_parser("gradcheck", help="finite-difference check of a whole small VGG",
                        description="Builds the configuration in float64 at reduced width and "
-                       "input size and compares backward with central differences.")
-    p.add_argument("model", nargs="?", default="vgg11")
-    p.add_argument("--width", type=float, default=1 / 16, help="default: 1/16 (4..32 channels)")
-    p.add_argument("--input", type=int, default=32, help="input side (default: 32)")
+                       "input size, on the device --backend selects, and compares backward "
+                       "with central differences.")
+    p.add_argument("model", nargs="?", default="vgg11", type=model_config)
+    p.add_argument("--width", type=POSITIVE_NUMBER, default=1 / 16,
+                   help="default: 1/16 (4..32 channels)")
+    p.add_argument("--input", type=input_size, default=32, help="input side (default: 32)")
     p.add_argument("--batch-norm", action="store_true")
     p.add_argument("--backend", default="numpy", choices=BACKENDS)
 
     p = sub.add_parser("bench", help="training throughput (images per second) here",
                        description="Times training steps of a VGG on random data.")
-    p.add_argument("--model", default="A")
-    p.add_argument("--width", type=float, default=0.25, help="default: 0.25")
-    p.add_argument("--batch-size", type=int, default=64, help="default: 64")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (default: 10)")
+    p.add_argument("--model", default="A", type=model_config)
+    p.add_argument("--width", type=POSITIVE_NUMBER, default=0.25, help="default: 0.25")
+    p.add_argument("--batch-size", type=POSITIVE, default=64, help="default: 64")
+    p.add_argument("--steps", type=POSITIVE, default=10, help="timed steps (default: 10)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     return parser
 
 
 def main(argv=None) -> int:
+    """Run one sub-command; problems the user can fix are one line on stderr, exit 2."""
     args = build_parser().parse_args(argv)
     from minivgg import commands
+    from minivgg.backend import BackendUnavailable
+    from minivgg.checkpoint import RunFileError, WriteError
+    from minivgg.runfolder import RunFolderError
     handler = {"train": commands.train, "eval": commands.evaluate, "predict": commands.predict,
                "summary": commands.summary, "gradcheck": commands.gradcheck,
                "bench": commands.bench}[args.command]
     try:
-        return handler(args)
-    except commands.UserError as exc:
+        code = handler(args)
+        sys.stdout.flush()                   # a closed pipe shows up here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader left (`minivgg eval run | head -1`): stop quietly. Python's docs
+        # (signal, "Note on SIGPIPE") redirect stdout so the final flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (commands.UserError, RunFileError, RunFolderError, WriteError,
+            BackendUnavailable) as exc:
         print(f"minivgg {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -1,6 +1,6 @@
 """Figures of a training run, saved as PNG files in the run folder (matplotlib, Agg).
 
-    curves.png         loss and top-1 accuracy per epoch, train and test
+    curves.png         loss and top-1 accuracy per epoch: train, validation (if any), test
     confusion.png      which classes are taken for which (rows: true, columns: predicted)
     predictions.png    test images with the predicted and the true label (red when wrong)
     filters.png        the first convolution's 3x3 filters, as small colour pictures
@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from minivgg.backend import asnumpy, to_device  # noqa: E402
+from minivgg.layers import Conv2D, MaxPool2D  # noqa: E402
+from minivgg.modes import no_grad  # noqa: E402
 
 
 def _save(fig, path) -> Path:
@@ -40,13 +42,19 @@ def _as_picture(img: np.ndarray) -> np.ndarray:
     return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
 
 
+LABELS = {"train": "train", "val": "validation", "test": "test"}
+
+
 def plot_curves(history: list[dict], path) -> Path:
-    """Loss and top-1 accuracy against the epoch, train and test."""
+    """Loss and top-1 accuracy against the epoch: train, validation (if any) and test."""
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for split, style in (("train", "-o"), ("test", "-s")):
-        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], style, label=split, ms=3)
-        ax_acc.plot(epochs, [r[f"{split}_top1"] for r in history], style, label=split, ms=3)
+    for split, style in (("train", "-o"), ("val", "-^"), ("test", "-s")):
+        if f"{split}_top1" not in history[0]:
+            continue
+        for ax, metric in ((ax_loss, "loss"), (ax_acc, "top1")):
+            ax.plot(epochs, [r[f"{split}_{metric}"] for r in history], style,
+                    label=LABELS[split], ms=3)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
@@ -104,7 +112,7 @@ def plot_predictions(images, labels, predicted, classes, path, n: int = 18) -> P
 
 def first_conv_weight(model) -> np.ndarray:
     for _, layer in model.named_layers():
-        if type(layer).__name__ == "Conv2D":
+        if isinstance(layer, Conv2D):
             return asnumpy(layer.weight.data)
     raise ValueError("plot_filters: the model has no Conv2D layer")
 
@@ -125,15 +133,19 @@ def plot_filters(weight: np.ndarray, path) -> Path:
 
 
 def block_outputs(model, x) -> list[tuple[str, np.ndarray]]:
-    """The activations after each max-pooling of ``model.features`` (one per block)."""
-    outs, h = [], x
+    """The activations after each max-pooling of ``model.features`` (one per block), in
+    evaluation mode (the model's mode is restored afterwards)."""
+    outs, h, was_training = [], x, model.training
     features = model["features"] if "features" in getattr(model, "names", []) else model
-    block = 1
-    for layer in features:
-        h = layer.forward(h, training=False)
-        if type(layer).__name__ == "MaxPool2D":
-            outs.append((f"block {block}", asnumpy(h[0])))
-            block += 1
+    model.eval()
+    try:
+        with no_grad():
+            for layer in features:
+                h = layer.forward(h, training=False)
+                if isinstance(layer, MaxPool2D):
+                    outs.append((f"block {len(outs) + 1}", asnumpy(h[0])))
+    finally:
+        model.train(was_training)
     return outs
 
 
@@ -180,18 +192,19 @@ def plot_feature_maps(model, image: np.ndarray, x, path, per_block: int = 8) -> 
     return _save(fig, path)
 
 
-def run_plots(run_dir, model, ds, test_loader, history, normalize, config) -> list[Path]:
-    """All five figures of a finished run (the model as it is at the end of training)."""
-    from minivgg.experiment import test_transform
+def run_plots(run_dir, run, history) -> list[Path]:
+    """All five figures of a finished run (``run`` from minivgg.run.build_run, its model as
+    it is at the end of training), drawn from the test set."""
+    from minivgg.run import test_transform
     from minivgg.train import evaluate
-    run_dir = Path(run_dir)
-    result = evaluate(model, test_loader, predictions=True)
-    x = test_transform(config, normalize)(ds.test_images[:1], None).astype(np.float32)
+    run_dir, ds = Path(run_dir), run.dataset
+    result = evaluate(run.model, run.test_loader, predictions=True)
+    x = test_transform(run.config, run.normalize)(ds.test_images[:1], None).astype(np.float32)
     return [plot_curves(history, run_dir / "curves.png"),
-            plot_confusion(result["labels"], result["predicted"], ds.classes,
+            plot_confusion(result["labels"], result["predicted"], run.classes,
                            run_dir / "confusion.png"),
             plot_predictions(ds.test_images, result["labels"], result["predicted"],
-                             ds.classes, run_dir / "predictions.png"),
-            plot_filters(first_conv_weight(model), run_dir / "filters.png"),
-            plot_feature_maps(model, ds.test_images[0], to_device(x),
+                             run.classes, run_dir / "predictions.png"),
+            plot_filters(first_conv_weight(run.model), run_dir / "filters.png"),
+            plot_feature_maps(run.model, ds.test_images[0], to_device(x, run.device),
                               run_dir / "feature_maps.png")]

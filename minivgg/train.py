@@ -1,21 +1,29 @@
-"""The training loop: batches, forward, loss, backward, update; evaluation after each epoch.
+"""The training loop: one training step, epochs of them, evaluation, checkpoints.
 
-    trainer = Trainer(model, optimizer, schedule, train_loader, test_loader, run_dir,
-                      epochs=15, meta={"classes": ..., "normalize": ..., "spec": ...})
+    trainer = Trainer.for_run(build_run(config), run_dir)     # minivgg.run
     result = trainer.fit()          # {"status": "done" | "interrupted", "history": [...]}
 
-One step, for a batch (x, y):
+One step, for a batch (x, y) -- ``train_step``, the only place the package takes one:
 
-    logits = model.forward(x)                  (N, classes)
+    logits = model.forward(x)                  (N, classes), in training mode
     loss   = cross_entropy(logits, y)          a number; must be finite
     model.backward(loss_fn.backward())         fills every Parameter.grad
     optimizer.step()                           w <- w - lr * (...), in place
+
+After each epoch the model is scored on the validation split (which selects best.npz and
+drives reduce-on-plateau) and on the test set (reported, never selected on). Without a
+validation split the last epoch is the selected one.
 
 Exact resumption: the loader draws epoch e's order and augmentations from (seed, e), the
 dropout masks come from generators whose states are saved, and the checkpoint records how
 many batches of the current epoch are done. ``Trainer.restore`` puts all of it back, so on
 the CPU an interrupted and resumed run ends with the same weights, bit for bit, as one that
 ran straight through.
+
+Write order: last.npz, then best.npz, then metrics.csv. last.npz records which epoch
+best.npz should hold and carries the metrics, so a kill between two writes is repaired when
+the run resumes (minivgg.runfolder.repair). Nothing non-finite is ever saved: a NaN or an
+infinity in the weights, the optimizer's state or the running statistics stops the run.
 """
 
 from __future__ import annotations
@@ -29,30 +37,29 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from minivgg import checkpoint
 from minivgg.backend import asnumpy, get_array_module
-from minivgg.checkpoint import (
-    atomic_write_bytes,
-    encode_checkpoint,
-    load_checkpoint,
-    rng_states,
-    set_rng_states,
-    write_csv,
-)
+from minivgg.checkpoint import NonFiniteState, Progress, RunFacts
+from minivgg.layers import Dropout
 from minivgg.losses import SoftmaxCrossEntropy
+from minivgg.modes import no_grad
+
+ADVICE = "Try a smaller --lr, a --warmup, or --batch-norm."
+SPLIT_NAMES = {"val": "validation", "test": "test"}
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; nothing was saved after the last good state."""
+    """The loss or the state became NaN or infinite; nothing was saved after the last good
+    state."""
 
 
 def model_generators(model) -> list[np.random.Generator]:
-    """The distinct random generators the model's layers draw from (dropout masks), in order."""
+    """The distinct random generators the model's dropout layers draw masks from, in order."""
     seen, gens = set(), []
     for _, layer in model.named_layers():
-        g = getattr(layer, "rng", None)
-        if isinstance(g, np.random.Generator) and id(g) not in seen:
-            seen.add(id(g))
-            gens.append(g)
+        if isinstance(layer, Dropout) and id(layer.rng) not in seen:
+            seen.add(id(layer.rng))
+            gens.append(layer.rng)
     return gens
 
 
@@ -65,21 +72,43 @@ def count_correct(logits, labels, k: int = 5) -> tuple[int, int]:
     return int(hits[:, 0].sum()), int(hits.any(axis=1).sum())
 
 
+def train_step(model, optimizer, x, y, loss_fn=None) -> tuple[float, int]:
+    """One step of gradient descent on the batch (x, y) -> (loss, correctly classified).
+
+    Raises TrainingDiverged, before any weight changes, when the loss is not finite.
+    """
+    loss_fn = loss_fn or SoftmaxCrossEntropy()
+    model.train()
+    logits = model.forward(x, training=True)
+    loss = loss_fn.forward(logits, y)
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"the loss became {loss}")
+    model.backward(loss_fn.backward())
+    optimizer.step()
+    return loss, count_correct(logits, y, 1)[0]
+
+
 def evaluate(model, loader, predictions: bool = False) -> dict:
     """Mean loss and top-1 / top-5 accuracy (in %) over a loader, in evaluation mode.
 
     With ``predictions=True`` also returns "predicted" and "labels" (host int arrays).
+    The model's mode is restored afterwards.
     """
     loss_fn, n, loss_sum, top1, top5 = SoftmaxCrossEntropy(), 0, 0.0, 0, 0
-    predicted, labels = [], []
-    for x, y in loader:
-        logits = model.forward(x, training=False)
-        loss_sum += loss_fn.forward(logits, y) * len(y)
-        c1, c5 = count_correct(logits, y)
-        top1, top5, n = top1 + c1, top5 + c5, n + len(y)
-        if predictions:
-            predicted.append(asnumpy(logits.argmax(axis=1)))
-            labels.append(asnumpy(y))
+    predicted, labels, was_training = [], [], model.training
+    model.eval()
+    try:
+        with no_grad():
+            for x, y in loader:
+                logits = model.forward(x, training=False)
+                loss_sum += loss_fn.forward(logits, y) * len(y)
+                c1, c5 = count_correct(logits, y)
+                top1, top5, n = top1 + c1, top5 + c5, n + len(y)
+                if predictions:
+                    predicted.append(asnumpy(logits.argmax(axis=1)))
+                    labels.append(asnumpy(y))
+    finally:
+        model.train(was_training)
     if n == 0:
         raise ValueError("evaluate: the loader produced no batches")
     out = {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "n": n}
@@ -89,50 +118,59 @@ def evaluate(model, loader, predictions: bool = False) -> dict:
 
 
 class Trainer:
-    """Runs epochs, evaluates, writes metrics.csv, last.npz and best.npz to ``run_dir``.
+    """Runs epochs, scores them, writes last.npz, best.npz and metrics.csv to ``run_dir``.
 
-    ``meta`` is saved in every checkpoint as it is (classes, normalisation, model spec,
-    config): what ``minivgg eval`` and ``predict`` need to rebuild the model.
+    ``facts`` (minivgg.checkpoint.RunFacts) is saved in every checkpoint: the model
+    settings, classes, normalisation and configuration that eval and predict rebuild from.
     """
 
-    def __init__(self, model, optimizer, schedule, train_loader, test_loader, run_dir,
-                 epochs: int, meta: dict | None = None, progress: bool = True, log=print):
+    def __init__(self, model, optimizer, schedule, train_loader, run_dir, epochs: int, *,
+                 val_loader=None, test_loader=None, facts: RunFacts | None = None,
+                 progress: bool = True, log=print):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
-        self.train_loader, self.test_loader = train_loader, test_loader
-        self.run_dir, self.epochs, self.meta = Path(run_dir), int(epochs), dict(meta or {})
+        self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, \
+            test_loader
+        self.run_dir, self.epochs = Path(run_dir), int(epochs)
+        self.facts = facts or RunFacts(model.spec)
         self.progress, self.log = progress, log
         self.loss_fn = SoftmaxCrossEntropy()
         self.generators = model_generators(model)
         self.epoch, self.batch = 0, 0            # position: the next batch to train on
         self.sums = {"loss": 0.0, "correct": 0, "seen": 0}   # the current epoch so far
         self.history: list[dict] = []
-        self.best_top1, self.elapsed, self.global_step = -1.0, 0.0, 0
-        self.stop_requested = False
+        self.best_top1, self.best_epoch, self.best_step = -1.0, None, None
+        self.elapsed, self.global_step = 0.0, 0
+        self.stop_requested = 0                  # the signal that asked to stop, if any
+
+    @classmethod
+    def for_run(cls, run, run_dir, progress: bool = True, log=print) -> Trainer:
+        """A trainer for a run from minivgg.run.build_run."""
+        return cls(run.model, run.optimizer, run.schedule, run.train_loader, run_dir,
+                   run.config["epochs"], val_loader=run.val_loader,
+                   test_loader=run.test_loader, facts=run.facts, progress=progress, log=log)
 
     # -- one step -------------------------------------------------------------------------
     def train_step(self, x, y) -> tuple[float, int]:
-        logits = self.model.forward(x, training=True)
-        loss = self.loss_fn.forward(logits, y)
-        self.num_classes = logits.shape[1]
-        if not math.isfinite(loss):
-            last = self.run_dir / "last.npz"
-            kept = (f"the last good checkpoint {last} (after epoch {self.epoch}) is unchanged"
-                    if last.exists() else "no checkpoint had been written yet")
+        try:
+            return train_step(self.model, self.optimizer, x, y, self.loss_fn)
+        except TrainingDiverged as exc:
             raise TrainingDiverged(
-                f"train: the loss became {loss} at epoch {self.epoch + 1}, batch "
-                f"{self.batch + 1} (lr {self.optimizer.lr:.4g}); training stopped and "
-                f"{kept}. Try a smaller --lr, a --warmup, or --batch-norm.")
-        self.model.backward(self.loss_fn.backward())
-        self.optimizer.step()
-        return loss, count_correct(logits, y, 1)[0]
+                f"train diverged: {exc} at epoch {self.epoch + 1}, batch {self.batch + 1} "
+                f"(lr {self.optimizer.lr:.4g}); training stopped and {self._kept()}. "
+                f"{ADVICE}") from None
+
+    def _kept(self) -> str:
+        last = self.run_dir / "last.npz"
+        return (f"the last good checkpoint {last} (after epoch {self.epoch}) is unchanged"
+                if last.exists() else "no checkpoint had been written yet")
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self, on_step=None) -> dict:
-        """Train until ``epochs``; Ctrl-C stops after the current step with a checkpoint.
+        """Train until ``epochs``; Ctrl-C or SIGTERM stops after the current step, saved.
 
         ``on_step(trainer)`` is called after every step (tests use it to interrupt).
         """
-        previous = self._install_sigint()
+        previous = self._install_signal_handlers()
         try:
             while self.epoch < self.epochs:
                 if not self._run_epoch(on_step):
@@ -147,12 +185,12 @@ class Trainer:
                              f"{self.run_dir / 'last.npz'}")
                     return {"status": "interrupted", "history": self.history}
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return {"status": "done", "history": self.history}
 
     def _run_epoch(self, on_step) -> bool:
-        """Train the rest of the current epoch; False if stopped by Ctrl-C mid-epoch."""
+        """Train the rest of the current epoch; False if stopped by a signal mid-epoch."""
         loader, n = self.train_loader, len(self.train_loader)
         loader.set_epoch(self.epoch)
         bar = tqdm(total=n, initial=self.batch, disable=not self.progress, leave=False,
@@ -165,7 +203,7 @@ class Trainer:
                 self.optimizer.lr = self.schedule.lr(self.epoch + i / n)
                 loss, correct = self.train_step(x, y)
                 if self.global_step == 0:
-                    self._first_loss(loss)
+                    self._first_loss(loss, self.model.settings.num_classes)
                 self.batch, self.global_step = i + 1, self.global_step + 1
                 s = self.sums
                 s["loss"] += loss * len(y)
@@ -188,8 +226,7 @@ class Trainer:
         self.elapsed += time.perf_counter() - start
         return True
 
-    def _first_loss(self, loss: float) -> None:
-        k = self.num_classes
+    def _first_loss(self, loss: float, k: int) -> None:
         self.log(f"first loss {loss:.4f}; ln({k}) = {math.log(k):.4f} is where an untrained "
                  "network that spreads its bets evenly over the classes starts")
 
@@ -199,71 +236,113 @@ class Trainer:
         left = per_batch * ((n - done) + n * (self.epochs - self.epoch - 1))
         return time.strftime("%H:%M:%S", time.gmtime(left))
 
-    def _end_epoch(self) -> None:
-        t0 = time.perf_counter()
-        result = evaluate(self.model, self.test_loader)
-        self.elapsed += time.perf_counter() - t0
+    def _score(self, split: str, loader) -> dict:
+        result = evaluate(self.model, loader)
         if not math.isfinite(result["loss"]):          # the last update broke the weights
             raise TrainingDiverged(
-                f"train: the test loss became {result['loss']} after epoch {self.epoch + 1} "
-                f"(lr {self.optimizer.lr:.4g}); training stopped and nothing of this epoch "
-                "was saved. Try a smaller --lr, a --warmup, or --batch-norm.")
+                f"train diverged: the {SPLIT_NAMES[split]} loss became {result['loss']} after "
+                f"epoch {self.epoch + 1} (lr {self.optimizer.lr:.4g}); training stopped and "
+                f"nothing of this epoch was saved. {ADVICE}")
+        return result
+
+    def _end_epoch(self) -> None:
+        t0 = time.perf_counter()
+        scores = {split: self._score(split, loader) for split, loader in
+                  (("val", self.val_loader), ("test", self.test_loader)) if loader is not None}
+        self.elapsed += time.perf_counter() - t0
         s = self.sums
         row = {"epoch": self.epoch + 1, "lr": self.optimizer.lr,
                "train_loss": s["loss"] / max(s["seen"], 1),
-               "train_top1": 100.0 * s["correct"] / max(s["seen"], 1),
-               "test_loss": result["loss"], "test_top1": result["top1"],
-               "test_top5": result["top5"], "elapsed_s": round(self.elapsed, 2)}
+               "train_top1": 100.0 * s["correct"] / max(s["seen"], 1)}
+        if "val" in scores:
+            row.update(val_loss=scores["val"]["loss"], val_top1=scores["val"]["top1"])
+        if "test" in scores:
+            row.update(test_loss=scores["test"]["loss"], test_top1=scores["test"]["top1"],
+                       test_top5=scores["test"]["top5"])
+        row["elapsed_s"] = round(self.elapsed, 2)
+        selected = scores["val"]["top1"] if "val" in scores else None
+        improved = selected is None or selected > self.best_top1     # none: the last epoch
+        self.schedule.end_epoch(selected)
         self.history.append(row)
-        self.schedule.end_epoch(result["top1"])
         self.epoch, self.batch = self.epoch + 1, 0
         self.sums = {"loss": 0.0, "correct": 0, "seen": 0}
-        improved = result["top1"] > self.best_top1
-        self.best_top1 = max(self.best_top1, result["top1"])
+        if improved:
+            self.best_top1 = selected if selected is not None else self.best_top1
+            self.best_epoch, self.best_step = self.epoch, self.global_step
         self.save(also_best=improved)
-        write_csv(self.run_dir / "metrics.csv", self.history)
-        self.log(f"epoch {row['epoch']}/{self.epochs}: train loss {row['train_loss']:.4f} "
-                 f"acc {row['train_top1']:.2f}% | test loss {row['test_loss']:.4f} top-1 "
-                 f"{row['test_top1']:.2f}% top-5 {row['test_top5']:.2f}% | lr "
-                 f"{row['lr']:.4g} | {self.elapsed:.0f} s" + ("  (best)" if improved else ""))
+        checkpoint.write_csv(self.run_dir / "metrics.csv", self.history)
+        self.log(self._epoch_line(row) + ("  (best)" if improved and selected is not None
+                                          else ""))
+
+    def _epoch_line(self, row: dict) -> str:
+        line = (f"epoch {row['epoch']}/{self.epochs}: train loss {row['train_loss']:.4f} acc "
+                f"{row['train_top1']:.2f}%")
+        if "val_top1" in row:
+            line += f" | val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}%"
+        if "test_top1" in row:
+            line += f" | test top-1 {row['test_top1']:.2f}% top-5 {row['test_top5']:.2f}%"
+        return line + f" | lr {row['lr']:.4g} | {self.elapsed:.0f} s"
 
     # -- checkpoints ----------------------------------------------------------------------
-    def state_meta(self) -> dict:
-        return {**self.meta, "epoch": self.epoch, "batch": self.batch, "sums": self.sums,
-                "history": self.history, "best_top1": self.best_top1,
-                "elapsed_s": self.elapsed, "global_step": self.global_step,
-                "schedule": self.schedule.state_dict(),
-                "rng_states": rng_states(self.generators)}
+    def _progress(self) -> Progress:
+        return Progress(self.epoch, self.batch, self.global_step, self.sums, self.history,
+                        self.best_top1, self.best_epoch, self.best_step, self.elapsed,
+                        self.schedule.state_dict(), checkpoint.rng_states(self.generators))
 
     def save(self, also_best: bool = False) -> None:
-        data = encode_checkpoint(self.model.state_dict(), self.optimizer.state_dict(),
-                                 self.state_meta())
-        atomic_write_bytes(self.run_dir / "last.npz", data)
+        """Write last.npz (and then best.npz); refuse, stopping the run, if anything to be
+        saved is NaN or infinite -- the checkpoints on disk then stay the last good ones."""
+        try:
+            data = checkpoint.encode_checkpoint(self.model.state_dict(),
+                                                self.optimizer.state_dict(), self.facts,
+                                                self._progress())
+        except NonFiniteState as exc:
+            raise TrainingDiverged(
+                f"train diverged: at epoch {self.epoch + 1}, batch {self.batch} (lr "
+                f"{self.optimizer.lr:.4g}) {exc}; training stopped and {self._kept()}. "
+                f"{ADVICE}") from None
+        checkpoint.atomic_write_bytes(self.run_dir / "last.npz", data)
         if also_best:
-            atomic_write_bytes(self.run_dir / "best.npz", data)
+            checkpoint.atomic_write_bytes(self.run_dir / "best.npz", data)
 
-    def restore(self, path) -> None:
-        """Load model, optimizer, schedule, generators and position from a checkpoint."""
-        model_state, optim_state, meta = load_checkpoint(path)
-        self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(optim_state)
-        self.schedule.load_state_dict(meta["schedule"])
-        set_rng_states(self.generators, meta["rng_states"])
-        self.epoch, self.batch, self.sums = meta["epoch"], meta["batch"], meta["sums"]
-        self.history, self.best_top1 = meta["history"], meta["best_top1"]
-        self.elapsed, self.global_step = meta["elapsed_s"], meta["global_step"]
+    def restore(self, path) -> checkpoint.Checkpoint:
+        """Load model, optimizer, schedule, generators and position from a checkpoint.
 
-    # -- Ctrl-C ---------------------------------------------------------------------------
-    def _install_sigint(self):
-        """First Ctrl-C: stop after this step and save. Second: abort at once."""
+        The model settings saved in it must equal this trainer's; restoring the run
+        folder's own last.npz also repairs best.npz and metrics.csv (runfolder.repair).
+        """
+        from minivgg.models import VGGSettings
+        from minivgg.runfolder import repair
+        ckpt = checkpoint.read_checkpoint(path)
+        saved = VGGSettings.from_dict(ckpt.facts.settings)
+        if saved != self.model.settings:
+            raise checkpoint.RunFileError(
+                f"{ckpt.path}: saved for {saved}, but the rebuilt model is "
+                f"{self.model.settings}; the run's config.json no longer matches it")
+        self.model.load_state_dict(ckpt.model_state)
+        self.optimizer.load_state_dict(ckpt.optim_state)
+        p = ckpt.progress
+        self.schedule.load_state_dict(p.schedule)
+        checkpoint.set_rng_states(self.generators, p.rng_states)
+        self.epoch, self.batch, self.sums, self.history = p.epoch, p.batch, p.sums, p.history
+        self.best_top1, self.best_epoch, self.best_step = p.best_top1, p.best_epoch, p.best_step
+        self.elapsed, self.global_step = p.elapsed_s, p.global_step
+        if Path(path).resolve().parent == self.run_dir.resolve():
+            repair(self.run_dir, ckpt, self.log)
+        return ckpt
+
+    # -- Ctrl-C and SIGTERM ---------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict:
+        """First Ctrl-C (or SIGTERM): stop after this step and save. Second: abort at once."""
         if threading.current_thread() is not threading.main_thread():
-            return None
+            return {}
 
         def request_stop(signum, frame):
             if self.stop_requested:
                 raise KeyboardInterrupt
-            self.stop_requested = True
-            self.log("\nCtrl-C: stopping after this step and saving a checkpoint "
-                     "(press Ctrl-C again to abort without saving)")
+            self.stop_requested = signum
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self.log(f"\n{name}: stopping after this step and saving a checkpoint "
+                     "(send it again to abort without saving)")
 
-        return signal.signal(signal.SIGINT, request_stop)
+        return {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from minivgg.checkpoint import load_checkpoint, read_csv, read_json
+from minivgg.checkpoint import read_checkpoint, read_csv, read_json
 from minivgg.cli import build_parser, main
 from minivgg.data.shapes import SHAPE_CLASSES
 
@@ -33,9 +33,10 @@ def test_train_on_shapes_writes_every_file_of_the_run_folder(shapes_run, capsys)
     assert config["dataset"] == "shapes" and config["width"] == 0.125 and config["seed"] == 0
     rows = read_csv(shapes_run / "metrics.csv")
     assert len(rows) == 1 and 0 <= rows[0]["test_top1"] <= 100
-    _, optim, meta = load_checkpoint(shapes_run / "best.npz")
-    assert meta["classes"] == list(SHAPE_CLASSES)
-    assert len(meta["normalize"]["mean"]) == 3 and "momentum.features.0.weight" in optim
+    best = read_checkpoint(shapes_run / "best.npz")
+    assert best.facts.classes == list(SHAPE_CLASSES)
+    assert len(best.facts.normalize["mean"]) == 3
+    assert "momentum.features.0.weight" in best.optim_state
 
 
 def test_eval_prints_accuracy_per_class(shapes_run, capsys):
@@ -53,7 +54,7 @@ def test_predict_on_a_png_written_here(shapes_run, tmp_path, capsys):
     plt.imsave(tmp_path / "shape.png", big)
     assert main(["predict", str(shapes_run), str(tmp_path / "shape.png")]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    classes = load_checkpoint(shapes_run / "best.npz")[2]["classes"]
+    classes = read_checkpoint(shapes_run / "best.npz").facts.classes
     assert line.startswith(str(tmp_path / "shape.png"))
     assert line.count("%") == 5 and sum(name in line for name in classes) == 5
 
@@ -70,7 +71,7 @@ def test_one_epoch_on_the_real_cifar10_subset(shared_cifar_dir, tmp_path):
     assert main(["train", "--data-dir", str(shared_cifar_dir), "--limit", "128", "--out",
                  str(run), *QUICK]) == 0
     assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
-    assert load_checkpoint(run / "last.npz")[2]["classes"][:2] == ["airplane", "automobile"]
+    assert read_checkpoint(run / "last.npz").facts.classes[:2] == ["airplane", "automobile"]
 
 
 def test_offline_train_fails_fast_naming_data_dir_and_shapes(tmp_path, monkeypatch, capsys):

@@ -8,12 +8,19 @@ import signal
 import numpy as np
 import pytest
 
-from minivgg.checkpoint import load_checkpoint, read_csv, save_checkpoint
+from minivgg.checkpoint import (
+    RunFacts,
+    RunFileError,
+    atomic_write_bytes,
+    encode_checkpoint,
+    read_checkpoint,
+    read_csv,
+)
 from minivgg.data import Compose, DataLoader, HorizontalFlip, Normalize, RandomCrop, make_shapes
 from minivgg.models import vgg
 from minivgg.optim import SGD
 from minivgg.schedules import Cosine
-from minivgg.train import Trainer, TrainingDiverged, count_correct, evaluate
+from minivgg.train import Trainer, TrainingDiverged, count_correct, evaluate, train_step
 
 TINY = [8, "M", 16, "M"]          # two VGG blocks: 32x32 -> 8x8x16
 
@@ -36,9 +43,9 @@ def make_trainer(ds, run_dir, init_seed=0, epochs=2, lr=0.05, seed=0):
     model = vgg(TINY, 10, 32, head="cifar", hidden=(16,), dropout=0.5, batch_norm=True,
                 seed=init_seed)
     opt = SGD(model, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    meta = {"classes": ds.classes, "spec": model.spec}
-    return Trainer(model, opt, Cosine(lr, epochs), train, test, run_dir, epochs, meta,
-                   progress=False, log=lambda *a: None)
+    facts = RunFacts(model.spec, classes=ds.classes)
+    return Trainer(model, opt, Cosine(lr, epochs), train, run_dir, epochs, test_loader=test,
+                   facts=facts, progress=False, log=lambda *a: None)
 
 
 def test_count_correct_top1_and_top5():
@@ -56,8 +63,9 @@ def test_fit_writes_metrics_and_checkpoints_and_learns(shapes, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert set(rows[0]) >= {"train_loss", "test_loss", "test_top1", "test_top5", "lr"}
     assert rows[-1]["test_top5"] >= rows[-1]["test_top1"]
-    _, _, meta = load_checkpoint(tmp_path / "last.npz")
-    assert meta["epoch"] == 2 and meta["batch"] == 0 and meta["classes"] == shapes.classes
+    last = read_checkpoint(tmp_path / "last.npz")
+    assert last.progress.epoch == 2 and last.progress.batch == 0
+    assert last.facts.classes == shapes.classes
     assert (tmp_path / "best.npz").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -127,15 +135,14 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(shapes, tmp
     assert "nan" in message and "epoch 2" in message and "unchanged" in message
     assert "--lr" in message
     assert (tmp_path / "last.npz").read_bytes() == before["last"]
-    _, _, meta = load_checkpoint(tmp_path / "last.npz")
-    assert meta["epoch"] == 1
+    assert read_checkpoint(tmp_path / "last.npz").progress.epoch == 1
     assert len(read_csv(tmp_path / "metrics.csv")) == 1
 
 
 def test_checkpoint_round_trip_without_pickle(shapes, tmp_path):
     trainer = make_trainer(shapes, tmp_path, epochs=1)
     trainer.fit()
-    model_state, optim_state, meta = load_checkpoint(tmp_path / "last.npz")
+    saved = read_checkpoint(tmp_path / "last.npz")
     with np.load(tmp_path / "last.npz", allow_pickle=False) as npz:   # plain arrays only
         assert all(npz[k].dtype != object for k in npz.files)
     clone = make_trainer(shapes, tmp_path / "clone", init_seed=7, epochs=1)
@@ -144,11 +151,13 @@ def test_checkpoint_round_trip_without_pickle(shapes, tmp_path):
     np.testing.assert_array_equal(trainer.model.forward(x, training=False),
                                   clone.model.forward(x, training=False))
     assert clone.generators[0].bit_generator.state == trainer.generators[0].bit_generator.state
-    save_checkpoint(tmp_path / "copy.npz", model_state, optim_state, meta)
-    again = load_checkpoint(tmp_path / "copy.npz")
-    assert again[2] == meta and again[0].keys() == model_state.keys()
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        load_checkpoint(tmp_path / "missing.npz")
+    atomic_write_bytes(tmp_path / "copy.npz", encode_checkpoint(
+        saved.model_state, saved.optim_state, saved.facts, saved.progress))
+    again = read_checkpoint(tmp_path / "copy.npz")
+    assert (again.facts, again.progress) == (saved.facts, saved.progress)
+    assert again.model_state.keys() == saved.model_state.keys()
+    with pytest.raises(RunFileError, match="no checkpoint"):
+        read_checkpoint(tmp_path / "missing.npz")
 
 
 def test_tiny_vgg_overfits_one_batch():
@@ -156,12 +165,9 @@ def test_tiny_vgg_overfits_one_batch():
     x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
     y = rng.integers(0, 10, 16)
     model = vgg(TINY, 10, 16, head="cifar", batch_norm=True, seed=0)
-    from minivgg.losses import SoftmaxCrossEntropy
-    opt, loss_fn = SGD(model, lr=0.05, weight_decay=0.0), SoftmaxCrossEntropy()
+    opt = SGD(model, lr=0.05, weight_decay=0.0)
     for _ in range(60):
-        loss = loss_fn.forward(model.forward(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
+        loss, _ = train_step(model, opt, x, y)
     assert loss < 0.05
     assert (model.forward(x, training=False).argmax(1) == y).mean() == 1.0
 
