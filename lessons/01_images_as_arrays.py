@@ -1,9 +1,13 @@
 """Lesson 01 -- images as arrays: NCHW, one real picture and its channels, a labelled grid.
 
     python lessons/01_images_as_arrays.py
+
+The lessons also open as notebooks: each `# %%` line starts a cell (Jupyter with jupytext,
+VS Code, PyCharm).
 """
 
-from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
+# %%
+from _common import FAST, chance, done, load_images, np, out_dir, plt, save, say, section, title
 
 from minivgg.data import Normalize
 
@@ -23,6 +27,7 @@ print(f"   train_labels: shape {ds.train_labels.shape}, dtype {ds.train_labels.d
       f"values {ds.train_labels.min()}..{ds.train_labels.max()}")
 print(f"   classes: {ds.classes}")
 
+# %% One picture
 section("One picture")
 i = 0
 img = x[i]                                             # (C, H, W)
@@ -52,6 +57,7 @@ for ax in axes:
     ax.axis("off")
 save(fig, OUT, FIGURES[0])
 
+# %% A batch of labelled pictures
 section("A batch of labelled pictures")
 rows, cols = (3, 6) if FAST else (6, 10)
 rng = np.random.default_rng(0)
@@ -65,12 +71,18 @@ for ax, j in zip(axes.ravel(), pick):
     ax.axis("off")
 save(fig, OUT, FIGURES[1])
 
-counts = np.bincount(ds.train_labels, minlength=ds.num_classes)
-print("   images per class in the training split:",
-      ", ".join(f"{n} {k}" for n, k in zip(counts, ds.classes)))
-print(f"   chance accuracy is therefore about {counts.max() / counts.sum():.1%} "
-      f"(always guessing the largest class)")
+for split, labels in (("training", ds.train_labels), ("test", ds.test_labels)):
+    counts = np.bincount(labels, minlength=ds.num_classes)
+    print(f"   images per class in the {split} split ({counts.sum():,}):",
+          ", ".join(f"{n} {k}" for n, k in zip(counts, ds.classes)))
+top = int(np.bincount(ds.test_labels).argmax())
+say(f"""
+    Chance accuracy, as every lesson defines it: what always guessing the most common
+    class of the TEST images scores, here {ds.classes[top]!r}: {chance(ds.test_labels):.1%}.
+    A trained network must beat that clearly before its accuracy means anything.
+""")
 
+# %% From bytes to network inputs
 section("From bytes to network inputs")
 norm = Normalize.from_data(x)
 say("""
@@ -83,11 +95,18 @@ z = norm(batch)
 print(f"   after Normalize: dtype {z.dtype}, per-channel mean "
       f"{np.round(z.mean(axis=(0, 2, 3)), 2)}, std {np.round(z.std(axis=(0, 2, 3)), 2)} "
       f"(on this batch of {len(batch)})")
-fig, axes = plt.subplots(1, 2, figsize=(9, 2.8))
-for k, col in enumerate(("red", "green", "blue")):
-    axes[0].hist(batch[:, k].ravel(), bins=32, color=col, alpha=0.5)
-    axes[1].hist(z[:, k].ravel(), bins=32, color=col, alpha=0.5)
-axes[0].set_title("raw bytes (uint8)")
-axes[1].set_title("normalised (float32)")
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+for k, col in enumerate(("red", "green", "blue")):     # outlines, so all three stay visible
+    axes[0].hist(batch[:, k].ravel(), bins=32, color=col, histtype="step", lw=1.6,
+                 label=f"{col} (mean {batch[:, k].mean():.0f})")
+    axes[1].hist(z[:, k].ravel(), bins=32, color=col, histtype="step", lw=1.6,
+                 label=f"{col} (mean {z[:, k].mean():+.2f})")
+axes[0].set_title(f"raw bytes (uint8), {len(batch)} images")
+axes[0].set_xlabel("pixel value")
+axes[1].set_title("after Normalize (float32)")
+axes[1].set_xlabel("standardised value (training std units)")
+for ax in axes:
+    ax.set_ylabel("number of pixels")
+    ax.legend(fontsize=8)
 save(fig, OUT, FIGURES[2])
 done()
