@@ -3,9 +3,11 @@
     python lessons/02_im2col.py
 """
 
+# %%
 import tracemalloc
 
 from _common import FAST, done, np, out_dir, plt, save, say, section, title
+from matplotlib.ticker import MaxNLocator
 
 from minivgg.kernels import reference
 from minivgg.kernels.reference import conv_output_size, im2col
@@ -21,6 +23,7 @@ kernel = np.array([[1, 0, -1],
 print("   the image x[0, 0] (4 x 4):\n   " + str(x[0, 0]).replace("\n", "\n   "))
 print("   the kernel (3 x 3, Sobel):\n   " + str(kernel).replace("\n", "\n   "))
 
+# %% No padding, stride 1
 section("No padding, stride 1")
 cols = im2col(x, 3, 3, stride=1, pad=0)
 oh = conv_output_size(4, 3, 1, 0)
@@ -49,7 +52,7 @@ say("""
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 2.2]})
 fig.subplots_adjust(wspace=0.3)
-axes[0].imshow(x[0, 0], cmap="Greys", vmin=-8, vmax=24)
+axes[0].imshow(x[0, 0], cmap="Greys", vmin=-8, vmax=40)   # light: coloured text stays legible
 for (r, c), v in np.ndenumerate(x[0, 0]):
     axes[0].text(c, r, int(v), ha="center", va="center")
 colours = ["tab:red", "tab:blue", "tab:green", "tab:orange"]
@@ -58,14 +61,22 @@ for k, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
     axes[0].add_patch(plt.Rectangle((c - 0.5 + d, r - 0.5 + d), 3, 3, fill=False,
                                     lw=2, ec=colours[k]))
 axes[0].set_title("4 x 4 image,\nits four 3 x 3 windows")
-axes[1].imshow(cols, cmap="Greys", vmin=-8, vmax=24)
+axes[0].set_xlim(-0.75, 3.75)            # room for the offset window outlines
+axes[0].set_ylim(3.75, -0.75)
+axes[0].set_xticks(range(4))             # pixel rows and columns are integers
+axes[0].set_yticks(range(4))
+axes[0].set_xlabel("column")
+axes[0].set_ylabel("row")
+axes[1].imshow(cols, cmap="Greys", vmin=-8, vmax=40)
 for (r, c), v in np.ndenumerate(cols):
     axes[1].text(c, r, int(v), ha="center", va="center", color=colours[r], fontweight="bold")
 axes[1].set_yticks(range(4), [f"window {k}" for k in range(4)])
 axes[1].set_xticks(range(9), [f"({i},{j})" for i in range(3) for j in range(3)])
+axes[1].set_xlabel("kernel offset (i, j)")
 axes[1].set_title("cols = im2col(x, 3, 3)\none row per window, one column per kernel offset")
 save(fig, OUT, FIGURES[0])
 
+# %% Padding and stride
 section("Padding and stride")
 cols_p = im2col(x, 3, 3, stride=1, pad=1)
 cols_s = im2col(x, 3, 3, stride=2, pad=1)
@@ -74,11 +85,14 @@ print(f"   pad=1, stride=1: cols {cols_p.shape} -> output "
       "VGG's 3 x 3 convolutions all use pad 1)")
 print("   its first row, the window centred on pixel (0, 0), reads zeros from the border:",
       cols_p[0].astype(int))
+zeros = int((cols_p == 0).sum())       # the image holds 1..16, so every zero is padding
+print(f"   of the {cols_p.size} entries of this padded cols (stride 1), {zeros} are padding "
+      f"zeros ({zeros / cols_p.size:.0%})")
 print(f"   pad=1, stride=2: cols {cols_s.shape} -> output "
       f"{conv_output_size(4, 3, 2, 1)} x {conv_output_size(4, 3, 2, 1)}: every other window")
-zeros = int((cols_p == 0).sum())
-print(f"   of the {cols_p.size} entries of the padded cols, {zeros} are padding zeros "
-      f"({zeros / cols_p.size:.0%})")
+zeros_s = int((cols_s == 0).sum())
+print(f"   of its {cols_s.size} entries, {zeros_s} are padding zeros "
+      f"({zeros_s / cols_s.size:.0%})")
 
 x2 = np.stack([x[0, 0], 100 + x[0, 0]])[None]                # two channels
 cols2 = im2col(x2, 3, 3, stride=1, pad=0)
@@ -86,9 +100,11 @@ print(f"   two channels: cols {cols2.shape}; columns run (c, i, j), channel 0's 
 print("   row 0 =", cols2[0].astype(int))
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), gridspec_kw={"width_ratios": [1.4, 1]})
-for ax, mat, name in ((axes[0], cols_p, "pad=1, stride=1: 16 windows"),
-                      (axes[1], cols_s, "pad=1, stride=2: 4 windows")):
+for ax, mat, name in ((axes[0], cols_p, f"pad=1, stride=1: {len(cols_p)} windows"),
+                      (axes[1], cols_s, f"pad=1, stride=2: {len(cols_s)} windows")):
     ax.imshow(mat, cmap="Greys", vmin=-8, vmax=24, aspect="auto")
+    ax.set_xticks(range(9), [f"({i},{j})" for i in range(3) for j in range(3)], fontsize=7)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))   # rows are whole windows
     for (r, c), v in np.ndenumerate(mat):
         ax.text(c, r, int(v), ha="center", va="center", fontsize=7,
                 color="tab:red" if v == 0 else "black")
@@ -97,6 +113,7 @@ for ax, mat, name in ((axes[0], cols_p, "pad=1, stride=1: 16 windows"),
     ax.set_ylabel("output pixel")
 save(fig, OUT, FIGURES[1])
 
+# %% What it costs: k x k copies of every pixel
 section("What it costs: k x k copies of every pixel")
 say("""
     Each input pixel sits in up to k*k windows, so cols holds up to k*k copies of it.
@@ -122,12 +139,16 @@ say(f"""
     layers cols is {ratios[1]:.0f} x the input: this is the price
     of turning convolution into one fast GEMM.
 """)
-fig, ax = plt.subplots(figsize=(5, 3.2))
-ax.bar([str(k) for k in ks], ratios, color="tab:blue", label="measured cols / x")
-ax.plot([str(k) for k in ks], [k * k for k in ks], "o--", color="tab:red", label="k^2")
+fig, ax = plt.subplots(figsize=(6, 3.6))
+pos = np.arange(len(ks))
+ax.bar(pos - 0.2, ratios, 0.4, color="tab:blue", label="size of cols / size of x (nbytes)")
+ax.bar(pos + 0.2, [pk / xb.nbytes for pk in peaks], 0.4, color="tab:orange",
+       label="peak allocated during im2col / size of x\n(measured with tracemalloc)")
+ax.plot(pos, [k * k for k in ks], "o--", color="tab:red", label="k^2")
+ax.set_xticks(pos, [str(k) for k in ks])
 ax.set_xlabel("kernel size k")
 ax.set_ylabel("memory, multiple of the input")
-ax.set_title(f"im2col memory, input {xb.shape}")
-ax.legend()
+ax.set_title(f"im2col memory, input {xb.shape} float32")
+ax.legend(fontsize=8)
 save(fig, OUT, FIGURES[2])
 done()
