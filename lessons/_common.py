@@ -75,6 +75,13 @@ def save(fig, folder: Path, name: str) -> Path:
     return path
 
 
+def ink(image, value) -> str:
+    """A text colour legible on the cell of ``image`` (an AxesImage) showing ``value``:
+    white on dark cells, black on light ones (by the colour's luminance)."""
+    r, g, b, _ = image.cmap(image.norm(value))
+    return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.5 else "black"
+
+
 def timed(fn, repeat: int = 3) -> float:
     """The median wall time of ``repeat`` calls of ``fn()`` in seconds."""
     times = []
