@@ -63,7 +63,7 @@ def compute_gradients(model, x, loss_fn=None, *, training=True, eps=1e-6, max_en
     if x.dtype != np.float64:
         raise TypeError(f"gradcheck: expected a float64 input, got {x.dtype}; finite "
                         "differences in float32 are too coarse (see lessons/08)")
-    rng = upstream_rng(seed)
+    rng, pick = upstream_rng(seed), np.random.default_rng(seed)   # g; sampled entries
     x = x.copy()
     y = model.forward(x, training)
     _freeze_dropout(model, True)
@@ -95,7 +95,7 @@ def compute_gradients(model, x, loss_fn=None, *, training=True, eps=1e-6, max_en
         targets = [("input", x, asnumpy(dx))] if check_input else []
         targets += [(k, p.data, analytic[k]) for k, p in tensors.items()]
         for name, arr, grad in targets:
-            idx = _sample(arr.size, max_entries, rng)
+            idx = _sample(arr.size, max_entries, pick)
             flat = arr.reshape(-1)  # a view: perturbing it perturbs the tensor in place
             numeric = np.empty(len(idx))
             for t, i in enumerate(idx):

@@ -23,9 +23,9 @@ BACKENDS = [pytest.param("numpy", id="numpy"), pytest.param("numba", id="numba")
 
 @pytest.fixture
 def restore_backend():
-    saved, tf32 = backend._backend, backend._tf32
+    saved = backend._cpu_kernels, backend._device, backend._tf32
     yield
-    backend._backend, backend._tf32 = saved, tf32
+    backend._cpu_kernels, backend._device, backend._tf32 = saved
 
 
 @pytest.fixture(params=BACKENDS)
@@ -60,7 +60,7 @@ def test_set_backend_resolves_and_rejects(restore_backend):
 
 def test_minivgg_backend_variable_is_read_on_first_use(restore_backend, monkeypatch):
     monkeypatch.setenv("MINIVGG_BACKEND", "numpy")
-    backend._backend = None
+    backend._cpu_kernels = backend._device = None
     assert mv.get_backend() == "numpy"
     code = "import minivgg as mv; print(mv.get_backend())"
     for name in ("numpy", "numba"):
@@ -77,6 +77,34 @@ def test_kernels_follow_the_backend(restore_backend):
     assert kernels.implementation(x) is reference
     mv.set_backend("numba")
     assert kernels.implementation(x) is cpu
+
+
+def test_cpu_kernels_and_device_are_separate_choices(restore_backend):
+    from minivgg import kernels
+    from minivgg.kernels import cpu, reference
+    x = np.zeros((1, 1, 2, 2))
+    mv.set_backend("numba")
+    assert (mv.get_cpu_kernels(), mv.default_device()) == ("numba", "cpu")
+    mv.set_cpu_kernels("numpy")                  # the reference, for a lesson
+    assert kernels.implementation(x) is reference and mv.default_device() == "cpu"
+    assert mv.get_backend() == "numpy"
+    mv.set_cpu_kernels("numba")
+    assert kernels.implementation(x) is cpu
+    with pytest.raises(ValueError, match="set_cpu_kernels: unknown kernels 'cupy'"):
+        mv.set_cpu_kernels("cupy")
+    assert mv.to_device(np.ones(2), "cpu").__class__ is np.ndarray
+    with pytest.raises(ValueError, match="to_device: unknown device 'tpu'"):
+        mv.to_device(np.ones(2), "tpu")
+
+
+@pytest.mark.skipif(backend.cupy_problem() is None, reason="CuPy works here")
+def test_gpu_placement_without_cupy_says_why(restore_backend):
+    from minivgg.layers import Dense
+    with pytest.raises(backend.BackendUnavailable, match=r"Dense.to\('gpu'\): cannot use CuPy"):
+        Dense(2, 2).to("gpu")
+    with pytest.raises(backend.BackendUnavailable, match="cannot use CuPy"):
+        mv.place(Dense(2, 2), device="gpu")
+    assert mv.resolve_device("auto") == "cpu"
 
 
 @pytest.mark.skipif(backend.cupy_problem() is None, reason="CuPy works here")

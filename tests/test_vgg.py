@@ -19,7 +19,7 @@ from minivgg.layers import (
     MaxPool2D,
     ReLU,
 )
-from minivgg.models import VGG_CONFIGS, init_from, to_dense_eval, vgg
+from minivgg.models import VGG, VGG_CONFIGS, init_from, to_dense_eval, vgg
 from minivgg.models.init import conv_names
 
 CONFIGS = ["A", "A-LRN", "B", "C", "D", "E"]
@@ -120,7 +120,7 @@ def test_seed_spec_and_custom_configuration():
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["features.0.weight"], c["features.0.weight"])
     model = vgg([8, "M", (4, 1), "M"], 5, 8, "cifar", hidden=(6,))
-    rebuilt = vgg(**json.loads(json.dumps(model.spec)))      # the spec survives JSON
+    rebuilt = VGG.from_spec(json.loads(json.dumps(model.spec)))   # the spec survives JSON
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
         {k: v.shape for k, v in model.state_dict().items()}
     assert model.output_shape((3, 8, 8)) == (5,)
@@ -244,8 +244,30 @@ def test_dense_evaluation_gives_the_same_logits_and_a_score_map():
 
 def test_dense_evaluation_errors():
     from minivgg.models import Sequential
-    with pytest.raises(ValueError, match="to_dense_eval: expected a VGG"):
+    with pytest.raises(TypeError, match="to_dense_eval: expected a VGG"):
         to_dense_eval(Sequential(Flatten()))
     model = vgg("A", 10, 64, width=1 / 16, fc_width=8)
-    with pytest.raises(ValueError, match="classifier.0 takes 128 features"):
-        to_dense_eval(model, input_size=96)
+    with pytest.raises(ValueError, match="already a dense-evaluation network"):
+        to_dense_eval(to_dense_eval(model))
+
+
+def test_every_saved_model_rebuilds_from_its_settings():
+    """Dense-evaluation and custom models included: VGG.from_spec(spec) + load_state_dict."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 64, 64))
+    plain = vgg("A", 10, 32, width=1 / 16, fc_width=8, seed=0, dtype=np.float64)
+    custom = vgg([8, "M", (4, 1), "LRN", "M"], 5, 32, "cifar", hidden=(6,), seed=1,
+                 batch_norm=True, dtype=np.float64)
+    for model in (plain, to_dense_eval(plain), to_dense_eval(plain, average=False), custom,
+                  to_dense_eval(custom)):
+        model.eval()
+        spec = json.loads(json.dumps(model.spec))
+        rebuilt = VGG.from_spec(spec, dtype=np.float64)
+        rebuilt.load_state_dict(model.state_dict())
+        rebuilt.eval()
+        size = 64 if model.settings.dense_eval else 32
+        np.testing.assert_array_equal(rebuilt(x[:, :, :size, :size]),
+                                      model(x[:, :, :size, :size]))
+        assert rebuilt.settings == model.settings
+    with pytest.raises(ValueError, match=r"unknown settings \['colour'\]"):
+        VGG.from_spec({**plain.spec, "colour": "red"})
