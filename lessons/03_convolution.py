@@ -3,6 +3,7 @@
     python lessons/03_convolution.py
 """
 
+# %%
 from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, timed, title
 
 import minivgg as mv
@@ -12,7 +13,7 @@ from minivgg.models import VGG_CONFIGS
 
 FIGURES = ["loops_vs_gemm.png", "one_by_one_mixing.png"]
 OUT = out_dir("03_convolution")
-mv.set_backend("numpy")        # the readable reference kernels; lesson 11 compares backends
+mv.set_cpu_kernels("numpy")    # the readable reference kernels; lesson 11 compares backends
 
 title("Lesson 03: convolution forward = im2col + one matrix product")
 say("""
@@ -23,8 +24,12 @@ say("""
 
     reference.conv2d_naive computes exactly this with four nested loops. Conv2D instead
     builds cols = im2col(x) (lesson 02) and multiplies: Y = cols @ W.reshape(F, -1).T + b.
+
+    No backward follows in this lesson, so the forward passes run inside
+    `with mv.no_grad():`, which tells every layer to keep no cache for backward.
 """)
 
+# %% Same numbers
 section("Same numbers")
 rng = np.random.default_rng(0)
 n, c, s, f = (2, 8, 12, 8) if FAST else (4, 32, 24, 32)
@@ -32,16 +37,19 @@ x = rng.standard_normal((n, c, s, s)).astype(np.float32)
 for stride, pad in ((1, 1), (2, 1), (1, 0)):
     conv = Conv2D(c, f, kernel_size=3, stride=stride, padding=pad, rng=rng)
     conv.bias.data[:] = rng.standard_normal(f)
-    y_gemm = conv.forward(x, training=False)
+    with mv.no_grad():
+        y_gemm = conv(x)
     y_loop = conv2d_naive(x, conv.weight.data, conv.bias.data, stride, pad)
     err = np.abs(y_gemm - y_loop).max()
     print(f"   stride {stride}, pad {pad}: output {y_gemm.shape}; "
           f"max |im2col+GEMM - loops| = {err:.2e} (float32 rounding: sums in another order)")
 
+# %% How much faster
 section("How much faster")
 conv = Conv2D(c, f, kernel_size=3, padding=1, rng=rng)
 t_loop = timed(lambda: conv2d_naive(x, conv.weight.data, conv.bias.data, 1, 1), repeat=1)
-t_gemm = timed(lambda: conv.forward(x, training=False), repeat=5)
+with mv.no_grad():
+    t_gemm = timed(lambda: conv(x), repeat=5)
 t_cols = timed(lambda: im2col(x, 3, 3, 1, 1), repeat=5)
 macs = n * f * c * 9 * s * s
 print(f"   x {x.shape}, {f} filters 3x3: {macs / 1e6:.1f} million multiply-accumulates")
@@ -61,6 +69,7 @@ ax.set_xlabel("milliseconds per forward pass (log scale)")
 ax.set_title(f"x {x.shape}, {f} filters 3x3: {t_loop / t_gemm:.0f} x faster")
 save(fig, OUT, FIGURES[0])
 
+# %% A 1 x 1 convolution mixes channels
 section("A 1 x 1 convolution mixes channels")
 say("""
     With k = 1 a window is a single pixel: the output at (y, x) is a weighted sum of the
@@ -71,20 +80,23 @@ ds = load_images()
 img = ds.train_images[:1].astype(np.float32) / 255          # (1, 3, 32, 32)
 grey = Conv2D(3, 1, kernel_size=1, padding=0)
 grey.weight.data[:] = np.array([0.299, 0.587, 0.114], np.float32).reshape(1, 3, 1, 1)
-y_grey = grey.forward(img, training=False)
+with mv.no_grad():
+    y_grey = grey(img)
 by_hand = np.einsum("c,nchw->nhw", [0.299, 0.587, 0.114], img)
 print(f"   Conv2D(3, 1, kernel_size=1) on {img.shape} -> {y_grey.shape}; "
       f"max difference from the per-pixel weighted sum: {np.abs(y_grey[:, 0] - by_hand).max():.1e}")
 swap = Conv2D(3, 3, kernel_size=1, padding=0)
 swap.weight.data[:] = np.eye(3, dtype=np.float32)[::-1].reshape(3, 3, 1, 1)  # R <-> B
-y_swap = swap.forward(img, training=False)
+with mv.no_grad():
+    y_swap = swap(img)
 print(f"   a permutation matrix as weights swaps red and blue: "
       f"max |out[:, 0] - in[:, 2]| = {np.abs(y_swap[:, 0] - img[:, 2]).max():.1e}")
 
 dense = Dense(3, 3)
 dense.weight.data[:] = swap.weight.data.reshape(3, 3).T                 # (in, out)
 pixels = img.transpose(0, 2, 3, 1).reshape(-1, 3)                        # every pixel a row
-via_dense = dense.forward(pixels, training=False).reshape(1, 32, 32, 3).transpose(0, 3, 1, 2)
+with mv.no_grad():
+    via_dense = dense(pixels).reshape(1, 32, 32, 3).transpose(0, 3, 1, 2)
 print(f"   the same weights in a Dense layer applied pixel by pixel: max difference "
       f"{np.abs(via_dense - y_swap).max():.1e}")
 
@@ -99,6 +111,7 @@ for ax in axes:
     ax.axis("off")
 save(fig, OUT, FIGURES[1])
 
+# %% 1 x 1 convolutions in VGG: configuration C
 section("1 x 1 convolutions in VGG: configuration C")
 print("   C =", VGG_CONFIGS["C"])
 one, three = Conv2D(256, 256, 1, padding=0), Conv2D(256, 256, 3)

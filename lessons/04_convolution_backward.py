@@ -3,7 +3,8 @@
     python lessons/04_convolution_backward.py
 """
 
-from _common import FAST, done, np, out_dir, plt, save, say, section, title
+# %%
+from _common import FAST, done, ink, np, out_dir, plt, save, say, section, title
 
 import minivgg as mv
 from minivgg.gradcheck import check_layer, compute_gradients, relative_error
@@ -12,7 +13,7 @@ from minivgg.layers import Conv2D
 
 FIGURES = ["overlap_counts.png", "gradient_check.png"]
 OUT = out_dir("04_convolution_backward")
-mv.set_backend("numpy")
+mv.set_cpu_kernels("numpy")   # the readable reference kernels
 
 title("Lesson 04: backward through a convolution")
 say("""
@@ -38,6 +39,7 @@ dx = conv.backward(dout)
 print(f"   x {x.shape}, W {conv.weight.shape}, y {y.shape}; dx {dx.shape}, "
       f"dW {conv.weight.grad.shape}, db {conv.bias.grad.shape}")
 
+# %% The three formulas, computed by hand with the reference kernels
 section("The three formulas, computed by hand with the reference kernels")
 cols = im2col(x, 3, 3, 1, 1)
 dy = dout.transpose(0, 2, 3, 1).reshape(-1, f)              # NCHW -> rows (n, y, x), F
@@ -49,6 +51,7 @@ for name, a, b in (("dW", conv.weight.grad, dw_hand), ("db", conv.bias.grad, db_
                    ("dx", dx, dx_hand)):
     print(f"   {name}: layer vs formula, max difference {np.abs(a - b).max():.1e}")
 
+# %% The same gradients from loops over the definition
 section("The same gradients from loops over the definition")
 xpad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
 dw_loop = np.zeros_like(conv.weight.data)
@@ -64,6 +67,7 @@ print(f"   dW[f, c, i, j] = sum_(n,y,x) dout[n, f, y, x] * xpad[n, c, y+i, x+j]:
 print(f"   dx: scatter dout * W[:, :, i, j] back to every offset, then cut the padding: "
       f"max difference {np.abs(dxpad[:, :, 1:-1, 1:-1] - dx).max():.1e}")
 
+# %% Why col2im accumulates
 section("Why col2im accumulates")
 ones = np.ones((1, 1, 4, 4))
 counts = col2im(im2col(ones, 3, 3, 1, 1), ones.shape, 3, 3, 1, 1)
@@ -90,14 +94,15 @@ print(f"   col2im is the adjoint (transpose) of im2col: <im2col(x), C> = {lhs:.1
       f"<x, col2im(C)> = {rhs:.10f}")
 
 fig, ax = plt.subplots(figsize=(3.6, 3.3))
-ax.imshow(counts[0, 0], cmap="Blues", vmin=0, vmax=10)
+im = ax.imshow(counts[0, 0], cmap="Blues", vmin=0, vmax=10)
 for (r, cc), v in np.ndenumerate(counts[0, 0]):
-    ax.text(cc, r, int(v), ha="center", va="center", fontsize=14)
+    ax.text(cc, r, int(v), ha="center", va="center", fontsize=14, color=ink(im, v))
 ax.set_title("windows containing each pixel\n(3x3 kernel, pad 1)")
 ax.set_xticks([])
 ax.set_yticks([])
 save(fig, OUT, FIGURES[0])
 
+# %% Checked against finite differences
 section("Checked against finite differences")
 say("""
     Lesson 08 explains gradient checking; here we only use it. check_layer perturbs each

@@ -3,7 +3,8 @@
     python lessons/05_max_pooling.py
 """
 
-from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
+# %%
+from _common import FAST, done, ink, load_images, np, out_dir, plt, save, say, section, title
 
 import minivgg as mv
 from minivgg.gradcheck import check_layer
@@ -12,7 +13,7 @@ from minivgg.layers import Conv2D, MaxPool2D, ReLU
 
 FIGURES = ["routing.png", "pooled_picture.png"]
 OUT = out_dir("05_max_pooling")
-mv.set_backend("numpy")
+mv.set_cpu_kernels("numpy")   # the readable reference kernels
 
 title("Lesson 05: max-pooling keeps the largest value of each window")
 x = np.array([[1, 3, 2, 0],
@@ -29,6 +30,7 @@ print(f"   the loops of reference.maxpool_naive agree: {np.array_equal(y, maxpoo
 print("   argmax, the position i*2 + j of each maximum inside its window (kept for backward):\n"
       "   " + str(argmax[0, 0]).replace("\n", "\n   "))
 
+# %% Backward: the gradient goes only to the winner
 section("Backward: the gradient goes only to the winner")
 say("""
     y = max(a, b, c, d) changes only if the largest entry changes (the others are not
@@ -44,9 +46,9 @@ print(f"   sum(dx) = {dx.sum():g} = sum(dout) = {dout.sum():g}: nothing lost, no
 fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
 for ax, arr, name in ((axes[0], x[0, 0], "x, winners circled"), (axes[1], y[0, 0], "y = max"),
                       (axes[2], dx[0, 0], "dx = routed dout")):
-    ax.imshow(arr, cmap="Blues")
+    im = ax.imshow(arr, cmap="Blues")
     for (r, c), v in np.ndenumerate(arr):
-        ax.text(c, r, int(v), ha="center", va="center", fontsize=13)
+        ax.text(c, r, int(v), ha="center", va="center", fontsize=13, color=ink(im, v))
     ax.set_title(name)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -58,6 +60,7 @@ for ax in (axes[0], axes[2]):
     ax.axvline(1.5, color="k")
 save(fig, OUT, FIGURES[0])
 
+# %% Ties
 section("Ties")
 tie = np.full((1, 1, 2, 2), 5.0)
 tpool = MaxPool2D(2, 2)
@@ -83,7 +86,8 @@ say("""
 ds = load_images()
 n_img = 16 if FAST else 128
 imgs = ds.train_images[:n_img].astype(np.float32) / 255
-features = ReLU().forward(Conv2D(3, 16, rng=np.random.default_rng(0)).forward(imgs, False), False)
+with mv.no_grad():                      # inference only: no caches kept
+    features = ReLU()(Conv2D(3, 16, rng=np.random.default_rng(0))(imgs))
 windows = features.reshape(n_img, 16, 16, 2, 16, 2).transpose(0, 1, 2, 4, 3, 5).reshape(-1, 4)
 tied = (windows == windows.max(axis=1, keepdims=True)).sum(axis=1) > 1
 all_zero = (windows.max(axis=1) == 0)
@@ -91,6 +95,7 @@ print(f"   after a random Conv2D + ReLU on {n_img} real images: {tied.mean():.1%
       f"{len(windows):,} pooling windows have a tied maximum; {all_zero.mean():.1%} are all "
       "zero (ReLU), where the gradient is 0 anyway")
 
+# %% Overlapping windows accumulate
 section("Overlapping windows accumulate")
 ov = MaxPool2D(3, 2)
 xo = np.random.default_rng(2).integers(0, 9, (1, 1, 5, 5)).astype(np.float64)
@@ -105,6 +110,7 @@ print("   its four 3 x 3 windows all contain the centre; backward of dout = ones
 print(f"   the centre won {int(do[0, 0, 2, 2])} windows and collects {int(do[0, 0, 2, 2])} "
       "gradients, added: with stride < kernel, backward must accumulate (+=).")
 
+# %% Checked away from ties
 section("Checked away from ties")
 xr = np.random.default_rng(1).permutation(2 * 2 * 6 * 6).reshape(2, 2, 6, 6) * 0.01
 for k, s in ((2, 2), (3, 2)):
@@ -113,8 +119,9 @@ for k, s in ((2, 2), (3, 2)):
           f"relative error {errs['input']:.1e}")
 
 pooled = [imgs[:1]]
-for _ in range(3):
-    pooled.append(MaxPool2D(2, 2).forward(pooled[-1], training=False))
+with mv.no_grad():
+    for _ in range(3):
+        pooled.append(MaxPool2D(2, 2)(pooled[-1]))
 fig, axes = plt.subplots(1, 4, figsize=(9, 2.6))
 for ax, p in zip(axes, pooled):
     ax.imshow(p[0].transpose(1, 2, 0))
