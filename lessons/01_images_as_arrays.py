@@ -1,4 +1,4 @@
-"""Lesson 01 -- images as arrays: NCHW, one real picture and its channels, a labelled grid.
+"""Lesson 01 -- images as arrays: NCHW, one picture and its channels, a labelled grid.
 
     python lessons/01_images_as_arrays.py
 

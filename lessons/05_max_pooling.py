@@ -91,7 +91,7 @@ with mv.no_grad():                      # inference only: no caches kept
 windows = features.reshape(n_img, 16, 16, 2, 16, 2).transpose(0, 1, 2, 4, 3, 5).reshape(-1, 4)
 tied = (windows == windows.max(axis=1, keepdims=True)).sum(axis=1) > 1
 all_zero = (windows.max(axis=1) == 0)
-print(f"   after a random Conv2D + ReLU on {n_img} real images: {tied.mean():.1%} of the "
+print(f"   after a random Conv2D + ReLU on {n_img} {ds.name} images: {tied.mean():.1%} of the "
       f"{len(windows):,} pooling windows have a tied maximum; {all_zero.mean():.1%} are all "
       "zero (ReLU), where the gradient is 0 anyway")
 

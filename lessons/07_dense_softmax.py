@@ -3,6 +3,7 @@
     python lessons/07_dense_softmax.py
 """
 
+# %%
 import math
 
 from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
@@ -16,9 +17,10 @@ from minivgg.models import Sequential, vgg
 
 FIGURES = ["softmax.png", "first_loss.png"]
 OUT = out_dir("07_dense_softmax")
-mv.set_backend("numpy")
+mv.set_cpu_kernels("numpy")   # the readable reference kernels
 
 title("Lesson 07: from features to class scores to a loss")
+# %% Dense: y = x @ W + b
 section("Dense: y = x @ W + b")
 rng = np.random.default_rng(0)
 fc = Dense(5, 3, rng=rng, dtype=np.float64)
@@ -31,6 +33,7 @@ say("""
 errs = check_layer(fc, x)
 print("   gradient check: " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
 
+# %% Softmax, and why it must be shifted
 section("Softmax, and why it must be shifted")
 z = np.array([1000.0, 1001.0, 1002.0])
 with np.errstate(over="ignore", invalid="ignore"):
@@ -59,6 +62,7 @@ with np.errstate(under="ignore", divide="ignore"):
     print(f"   -log(softmax) computed from probabilities for label 2: {-np.log(p_naive[0, 2])} "
           "(exp(-2e4) underflows to 0); the fused log-probabilities give the exact 20000")
 
+# %% The gradient: softmax minus one-hot
 section("The gradient: softmax minus one-hot")
 logits = rng.standard_normal((4, 10))
 labels = np.array([3, 1, 4, 1])
@@ -86,6 +90,7 @@ for ax, scale in zip(axes, (0.1, 1.0, 10.0)):
 axes[0].set_ylabel("probability")
 save(fig, OUT, FIGURES[0])
 
+# %% The first loss of a fresh network is about ln(10)
 section("The first loss of a fresh network is about ln(10)")
 ds = load_images()
 norm = Normalize.from_data(ds.train_images)
@@ -101,13 +106,17 @@ stds = [1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
 losses = []
 for std in stds:
     model = Sequential(Flatten(), Dense(xb[0].size, k, rng=np.random.default_rng(1), std=std))
-    scores = model.forward(xb, training=False)
+    model.eval()                                 # inference: evaluation mode, no caches
+    with mv.no_grad():
+        scores = model(xb)
     losses.append(loss.forward(scores, yb))
     print(f"   Flatten + Dense({xb[0].size}, {k}), weights N(0, {std:g}^2): logits spread "
           f"(std) {scores.std():6.2f}, first loss {losses[-1]:7.4f}")
 net = vgg("A", num_classes=k, input_size=32, head="cifar", width=0.25, seed=0)
-first = loss.forward(net.forward(xb, training=False), yb)
-print(f"   a fresh VGG-A (width 0.25, He init, Dense N(0, 0.01^2)) on {len(xb)} real images: "
+net.eval()                                       # dropout off (the cifar head has none)
+with mv.no_grad():
+    first = loss.forward(net(xb), yb)
+print(f"   a fresh VGG-A (width 0.25, He init, Dense N(0, 0.01^2)) on {len(xb)} {ds.name} images: "
       f"{first:.4f} vs ln({k}) = {math.log(k):.4f}")
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
 ax.semilogx(stds, losses, "o-", label="Flatten + Dense, measured")
