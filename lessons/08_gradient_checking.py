@@ -3,6 +3,7 @@
     python lessons/08_gradient_checking.py
 """
 
+# %%
 from _common import done, np, out_dir, plt, save, say, section, title
 
 import minivgg as mv
@@ -12,9 +13,10 @@ from minivgg.models import Sequential
 
 FIGURES = ["error_vs_step.png", "float32_vs_float64.png"]
 OUT = out_dir("08_gradient_checking")
-mv.set_backend("numpy")
+mv.set_cpu_kernels("numpy")   # the readable reference kernels
 
 title("Lesson 08: checking gradients with finite differences")
+# %% Centred differences
 section("Centred differences")
 say("""
     A derivative can be measured without calculus: nudge the input and watch the output.
@@ -48,20 +50,35 @@ ax.set_title("too large h: truncation; too small h: rounding")
 ax.legend(fontsize=7)
 save(fig, OUT, FIGURES[0])
 
+# %% Relative error
 section("Relative error")
 say("""
     minivgg compares whole tensors a (backward) and b (numeric) with
 
-        err = max |a - b| / max(|a| + |b|)
+        err = max |a - b| / max(1e-8, max(|a| + |b|))
 
-    so the verdict does not depend on the scale of the gradients:
+    The denominator makes the verdict independent of the gradients' scale -- as long as
+    max(|a| + |b|) is above the floor of 1e-8. The floor is there for gradients that are
+    zero in both (a convolution's bias in front of batch norm): without it, 0 / 0. Below
+    it the error is an absolute one, divided by 1e-8, and shrinks with the scale:
 """)
 a = np.array([1.0, 2.0, 3.0])
-for scale in (1e-6, 1.0, 1e6):
-    print(f"   gradients of size {scale:g}, numeric off by 1e-9 relative: absolute difference "
-          f"{np.abs(a * scale * 1e-9).max():.0e}, relative error "
-          f"{relative_error(a * scale, a * scale * (1 + 1e-9)):.1e}")
+for scale in (1e6, 1.0, 1e-6, 1e-8, 1e-10, 1e-12):
+    g = a * scale
+    denominator = np.max(np.abs(g) + np.abs(g * (1 + 1e-9)))
+    print(f"   gradients of size {scale:5.0e}, numeric off by 1e-9 relative: max(|a| + |b|) = "
+          f"{denominator:.0e}{' < 1e-8, the floor' if denominator < 1e-8 else ''}; "
+          f"relative error {relative_error(g, g * (1 + 1e-9)):.1e}")
+wrong = relative_error(a * 1e-16, 2 * a * 1e-16)
+print(f"   gradients of size 1e-16 whose numeric value is TWICE the analytic: relative error "
+      f"{wrong:.0e} -> {'passes' if wrong < 1e-7 else 'fails'} the 1e-7 tolerance")
+say("""
+    So a check on tiny gradients can pass however wrong they are relative to their size:
+    keep the checked quantity of order 1 (check_layer uses a random upstream gradient of
+    size 1) rather than trusting the error below the floor.
+""")
 
+# %% Kinks
 section("Kinks")
 relu = ReLU()
 xk = np.array([[-1.0, 3e-7, 0.5, 2.0]])
@@ -76,6 +93,7 @@ print(f"   at that entry numeric / analytic = {numeric[1] / analytic[1]:.2f}: x 
 err = check_layer(relu, np.array([[-1.0, 0.3, 0.5, 2.0]]))["input"]
 print(f"   every entry at least 0.3 from the kink: passes, relative error {err:.1e}")
 
+# %% float32 versus float64
 section("float32 versus float64")
 try:
     check_layer(Dense(4, 3), np.ones((2, 4), dtype=np.float32))
@@ -119,6 +137,7 @@ ax.legend()
 save(fig, OUT, FIGURES[1])
 print("   the layer is correct in all four rows: only float64 can show it.")
 
+# %% A planted bug, caught
 section("A planted bug, caught")
 
 
