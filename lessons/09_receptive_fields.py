@@ -3,7 +3,9 @@
     python lessons/09_receptive_fields.py
 """
 
+# %%
 from _common import FAST, done, np, out_dir, plt, save, say, section, title
+from matplotlib.ticker import MaxNLocator
 
 import minivgg as mv
 from minivgg.layers import Conv2D, MaxPool2D
@@ -11,7 +13,7 @@ from minivgg.models import VGG_CONFIGS, Sequential, vgg
 
 FIGURES = ["stacked_3x3.png", "vgg_receptive_fields.png", "through_pooling.png"]
 OUT = out_dir("09_receptive_fields")
-mv.set_backend("numpy")
+mv.set_cpu_kernels("numpy")   # the readable reference kernels
 
 title("Lesson 09: what one unit can see")
 say("""
@@ -32,6 +34,7 @@ def receptive_field(layers, size, unit=None):
     return net.backward(dout)[0].sum(axis=0)
 
 
+# %% Stacked 3 x 3 convolutions, measured
 section("Stacked 3 x 3 convolutions, measured")
 size = 15
 maps, rows = [], []
@@ -53,6 +56,7 @@ say("""
     pixel on every side: n layers see (2n + 1) x (2n + 1).
 """)
 
+# %% The same view for fewer weights
 section("The same view for fewer weights")
 c = 64
 for depth in (2, 3):
@@ -79,6 +83,7 @@ fig.suptitle("gradient of one output unit w.r.t. the input (weights all 1: path 
              y=1.02)
 save(fig, OUT, FIGURES[0])
 
+# %% Through max-pooling
 section("Through max-pooling")
 say("""
     Pooling routes the gradient to one winner per window (lesson 05), so one backward
@@ -101,15 +106,37 @@ for item in a_blocks:
 side = 48
 union = np.zeros((side, side), dtype=bool)
 net = Sequential(*layers)
+reached_after = {}
 for t in range(trials):
     y = net.forward(np.random.default_rng(100 + t).standard_normal((1, 1, side, side)), True)
     dout = np.zeros_like(y)
     dout[0, :, y.shape[2] // 2, y.shape[3] // 2] = 1.0
     union |= net.backward(dout)[0, 0] != 0
+    reached_after[t + 1] = int(union.sum())
 rs, cs = np.nonzero(union)
-measured = rs.max() - rs.min() + 1
-print(f"   union of where the gradient lands over {trials} random inputs: a "
-      f"{measured} x {cs.max() - cs.min() + 1} block")
+top, left = rs.min(), cs.min()
+measured, measured_w = rs.max() - top + 1, cs.max() - left + 1
+box = union[top:top + measured, left:left + measured_w]
+missing = np.argwhere(~box)                   # (row, col) inside the box, never reached
+print(f"   union of where the gradient lands over {trials} random inputs: it spans a "
+      f"{measured} x {measured_w} box, and {int(box.sum())} of the box's "
+      f"{box.size} pixels were reached")
+steps = sorted({max(1, trials // 3), max(1, 2 * trials // 3), trials})
+print("   pixels reached after " + ", ".join(f"{t} inputs: {reached_after[t]}" for t in steps))
+if len(missing):
+    print(f"   the {len(missing)} never reached (row, col inside the box): "
+          f"{[tuple(int(v) for v in m) for m in missing[:6]]}{' ...' if len(missing) > 6 else ''}")
+    corners = np.array([[0, 0], [0, measured_w - 1], [measured - 1, 0],
+                        [measured - 1, measured_w - 1]])
+    far = int(max(np.abs(corners - m).max(axis=1).min() for m in missing))
+    grew = reached_after[trials] - reached_after[steps[-2]]
+    say(f"""
+        Each is at most {far} pixel(s) from a corner of the box (Chebyshev distance). A
+        corner pixel reaches the unit only if every pooling window on the way picks the
+        path through it, so random inputs find it last: the count grew by {grew} over
+        the last {trials - steps[-2]} inputs. Such a pixel can influence the unit; these
+        inputs just never made it win.
+    """)
 
 
 def rf_table(config, size=224):
@@ -127,11 +154,21 @@ def rf_table(config, size=224):
 formula = [r for _, kind, _, r in rf_table(a_blocks)][-1]
 print(f"   the formula r <- r + (k - 1) * jump, jump <- jump * stride gives {formula} "
       f"({'agrees' if formula == measured else 'DISAGREES'})")
-fig, ax = plt.subplots(figsize=(3.8, 3.6))
+fig, ax = plt.subplots(figsize=(4.4, 4.2))
 ax.imshow(union, cmap="Greys")
-ax.set_title(f"A, 3 blocks: a {measured} x {measured} field\n(union over {trials} inputs)")
+ax.add_patch(plt.Rectangle((left - 0.5, top - 0.5), measured_w, measured, fill=False,
+                           ec="tab:blue", lw=1.5, label=f"the {measured} x {measured_w} box"))
+if len(missing):
+    ax.scatter(left + missing[:, 1], top + missing[:, 0], s=12, color="tab:red",
+               label=f"{len(missing)} never reached")
+ax.set_title(f"A, 3 blocks: {int(box.sum())} of the {box.size} pixels of\nthe field reached "
+             f"(union over {trials} inputs)", fontsize=10)
+ax.set_xlabel("input column")
+ax.set_ylabel("input row")
+ax.legend(fontsize=7, loc="lower left")
 save(fig, OUT, FIGURES[2])
 
+# %% Receptive fields through Table 1
 section("Receptive fields through Table 1")
 fig, ax = plt.subplots(figsize=(6.5, 3.6))
 for name in ("A", "B", "C", "D", "E"):
@@ -142,6 +179,7 @@ for name in ("A", "B", "C", "D", "E"):
           f"{convs[-1]} x {convs[-1]}, after the last pool {table[-1][3]} x {table[-1][3]}")
 ax.axhline(224, color="k", ls=":", label="224 (ImageNet crop)")
 ax.set_xlabel("convolution number")
+ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 ax.set_ylabel("receptive field (pixels)")
 ax.set_title("VGG configurations: receptive field per conv layer")
 ax.legend(fontsize=8)
