@@ -3,6 +3,7 @@
     python lessons/10_vgg_table1.py
 """
 
+# %%
 from _common import done, np, out_dir, plt, save, say, section, title
 
 from minivgg.layers import Conv2D, Dense
@@ -59,6 +60,7 @@ ax.set_ylim(y + 2.2, -0.3)
 ax.set_title("Table 1, drawn from minivgg.models.VGG_CONFIGS", pad=24)
 save(fig, OUT, FIGURES[0])
 
+# %% Parameters and multiply-accumulates, from the built networks
 section("Parameters and multiply-accumulates, from the built networks")
 say("""
     vgg(name) builds the real network (224 x 224 input, 1000 classes); summary() reads
@@ -104,16 +106,18 @@ axes[0].bar(x, [rows[n]["fc"] / 1e6 for n in names], bottom=[rows[n]["conv"] / 1
 axes[0].set_xticks(x, names)
 axes[0].set_ylabel("parameters (millions)")
 axes[0].set_title("where the parameters are")
-axes[0].legend()
 axes[1].bar(x, [rows[n]["conv_macs"] / 1e9 for n in names], label="convolutions")
 axes[1].bar(x, [(rows[n]["macs"] - rows[n]["conv_macs"]) / 1e9 for n in names],
             bottom=[rows[n]["conv_macs"] / 1e9 for n in names], label="FC layers")
 axes[1].set_xticks(x, names)
 axes[1].set_ylabel("GMACs per 224 x 224 image")
 axes[1].set_title("where the work is")
-axes[1].legend()
+for ax in axes:                            # headroom above the tallest bar, legend inside it
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.3)
+    ax.legend(loc="upper left", ncols=2, fontsize=8)
 save(fig, OUT, FIGURES[1])
 
+# %% Layer by layer: configuration D (VGG-16)
 section("Layer by layer: configuration D (VGG-16)")
 print("   " + str(summary_d).replace("\n", "\n   "))
 weighted = [r for r in summary_d.rows if r.kind in ("Conv2D", "Dense")]
@@ -132,6 +136,7 @@ n_conv = sum(isinstance(layer, Conv2D) for _, layer in layers_d)
 n_fc = sum(isinstance(layer, Dense) for _, layer in layers_d)
 print(f"   D has {n_conv} conv + {n_fc} FC = {n_conv + n_fc} weight layers: hence 'VGG-16'")
 
+# %% The same table at CIFAR size
 section("The same table at CIFAR size")
 conv_params = {}
 for name, width in (("A", 1.0), ("A", 0.25), ("D", 0.25)):
