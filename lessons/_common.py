@@ -117,6 +117,27 @@ def chance(labels) -> float:
     return float(counts.max() / counts.sum())
 
 
+def take(ds, n_train: int, n_test: int):
+    """The first ``n_train`` training and ``n_test`` test images of ``ds`` (all it has, if
+    fewer), with a line saying how many are really used."""
+    from minivgg.data import Dataset
+    sub = Dataset(ds.name, ds.train_images[:n_train], ds.train_labels[:n_train],
+                  ds.test_images[:n_test], ds.test_labels[:n_test], list(ds.classes))
+    print(f"   using {len(sub.train_images):,} training and {len(sub.test_images):,} test "
+          f"images of {ds.name} (of {len(ds.train_images):,} and {len(ds.test_images):,})")
+    return sub
+
+
+def report_test_accuracy(correct: int, labels, what: str = "") -> float:
+    """Print a test accuracy beside chance (lesson 01's definition) and return it (0..1).
+    The tests read this line: keep its form."""
+    n, base = len(labels), chance(labels)
+    accuracy = correct / n
+    print(f"   test accuracy{' ' + what if what else ''}: {accuracy:.1%} ({correct:,} of {n:,} "
+          f"test images); chance {base:.1%}, so {accuracy / base:.1f} x chance")
+    return accuracy
+
+
 def how_to_get_real_data() -> str:
     """One line: how to have the lessons use real CIFAR-10 pictures."""
     from minivgg.data.download import cache_dir
