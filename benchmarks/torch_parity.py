@@ -42,7 +42,7 @@ CFG = {"model": "A", "width": 0.25, "batch_norm": True, "batch_size": 128, "lr":
 
 # -- minivgg ----------------------------------------------------------------------------
 def run_minivgg(data_dir: str, epochs: int, seed: int, out: Path) -> dict:
-    from minivgg.checkpoint import write_json
+    from minivgg.files import write_json
     from minivgg.run import DEFAULTS, build_run
     from minivgg.train import Trainer
     config = {**DEFAULTS, **CFG, "dataset": "cifar10", "data_dir": data_dir, "epochs": epochs,

@@ -37,7 +37,8 @@ def cpu_name() -> str:
 
 
 def summarise_run(run: Path) -> dict:
-    from minivgg.checkpoint import read_checkpoint, read_csv, read_json
+    from minivgg.checkpoint import read_checkpoint
+    from minivgg.files import read_csv, read_json
     rows = read_csv(run / "metrics.csv")
     config = read_json(run / "config.json")
     last_ckpt = read_checkpoint(run / "last.npz", arrays=False)

@@ -24,8 +24,8 @@ from _common import (
 )
 
 import minivgg as mv
-from minivgg.checkpoint import write_json
 from minivgg.data import Dataset
+from minivgg.files import write_json
 from minivgg.gradcheck import compute_gradients, relative_error
 from minivgg.layers import Conv2D
 from minivgg.losses import SoftmaxCrossEntropy

@@ -14,10 +14,9 @@ in it can run code):
     optim.<key>      the optimizer's state (lr, step count, momentum buffers, ...)
     meta             a JSON string: the RunFacts and the Progress below, side by side
 
-Every file is written to a temporary file in the same folder and renamed over the old one
-(``os.replace`` is atomic), so a crash or Ctrl-C mid-write never leaves half a file: the
-previous version stays intact until the new one is complete. No checkpoint holding a NaN
-or an infinity is ever written (``encode_checkpoint`` refuses it).
+Every file is written atomically (minivgg.files: a temporary file, then a rename), so a
+crash mid-write never leaves half a file. No checkpoint holding a NaN or an infinity is
+ever written (``encode_checkpoint`` refuses it).
 
 A file that cannot be read raises ``RunFileError``: one line naming the file, what is
 wrong with it and what to do.
@@ -25,119 +24,23 @@ wrong with it and what to do.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import json
 import math
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from minivgg.files import RunFileError
+
 CHECKPOINTS = ("last", "best")
-
-
-class RunFileError(ValueError):
-    """A run file (checkpoint, config.json, metrics.csv) is missing, damaged or foreign."""
-
-
-class WriteError(OSError):
-    """A run file could not be written (disk full, read-only, no permission)."""
 
 
 class NonFiniteState(ValueError):
     """The state to be saved holds NaN or infinite values; nothing was written."""
-
-
-# -- writing, atomically ------------------------------------------------------------------
-def _write_all(f, data: bytes) -> None:
-    """Write ``data`` to the open file ``f`` and push it to the disk."""
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``path`` via a temporary file in its folder and a rename: never half a file.
-
-    Raises WriteError naming the file when the disk is full or the folder is not writable;
-    the temporary file is removed and the previous version of ``path`` stays as it was.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.chmod(tmp, 0o666 & ~_umask())           # mkstemp makes 0600; use the usual mode
-        with os.fdopen(fd, "wb") as f:
-            _write_all(f, data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise _write_error(path, exc) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_error(path: Path, exc: OSError) -> WriteError:
-    advice = {28: "free some disk space", 30: "the disk is read-only: choose another --out",
-              13: "choose a folder you can write with --out"}.get(exc.errno, "check the folder")
-    error = WriteError(f"could not write {path}: {exc.strerror or exc}; {advice}. The files "
-                       "written before (if any) are intact.")
-    error.errno = exc.errno
-    return error
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def read_json(path) -> dict:
-    """A JSON object from ``path``; RunFileError naming the file if it is not one."""
-    path = Path(path)
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        raise RunFileError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunFileError(f"{path}: not valid JSON ({exc}); it is damaged: restore it or "
-                           "start a new run in another folder") from None
-    if not isinstance(value, dict):
-        raise RunFileError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def write_csv(path, rows: list[dict]) -> None:
-    """Rewrite the whole table (a few hundred rows at most) so a reader never sees half."""
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    atomic_write_bytes(path, out.getvalue().encode())
-
-
-def read_csv(path) -> list[dict]:
-    """Rows of a metrics.csv, numbers converted to float (the epoch to int)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    try:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
-                for row in rows]
-    except (TypeError, ValueError) as exc:
-        raise RunFileError(f"{path}: not a metrics table ({exc}); it is rewritten from "
-                           "last.npz when the run is resumed") from None
 
 
 # -- what a checkpoint's meta holds ---------------------------------------------------------
@@ -255,11 +158,13 @@ def _other_hint(path) -> str:
     path = Path(path)
     if path.stem in CHECKPOINTS:
         other = path.with_name(("best" if path.stem == "last" else "last") + ".npz")
-        return f", and use the run's other checkpoint {other} if it is there"
+        return (f", and use the run's other checkpoint {other} if it is there (--checkpoint "
+                f"{other.stem})")
     return ""
 
 
-def _unreadable(path, what: str) -> RunFileError:
+def unusable(path, what: str) -> RunFileError:
+    """The error for a checkpoint that cannot be used: the file, what is wrong, what to do."""
     return RunFileError(f"{path}: {what}; delete it{_other_hint(path)}")
 
 
@@ -274,16 +179,16 @@ def read_checkpoint(path, arrays: bool = True) -> Checkpoint:
         raise RunFileError(f"{path}: no checkpoint there; expected an .npz file written by "
                            "minivgg train")
     if path.stat().st_size == 0:
-        raise _unreadable(path, "the file is empty (a write that never finished?)")
+        raise unusable(path, "the file is empty (a write that never finished?)")
     if not zipfile.is_zipfile(path):
-        raise _unreadable(path, "not an .npz archive (damaged, or not a checkpoint)")
+        raise unusable(path, "not an .npz archive (damaged, or not a checkpoint)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "meta" not in npz.files:
-                raise _unreadable(path, "not a minivgg checkpoint (it has no 'meta' entry)")
+                raise unusable(path, "not a minivgg checkpoint (it has no 'meta' entry)")
             meta = json.loads(str(npz["meta"]))
             if not isinstance(meta, dict):
-                raise _unreadable(path, "its 'meta' entry is not a JSON object")
+                raise unusable(path, "its 'meta' entry is not a JSON object")
             model, optim = {}, {}
             for key in npz.files if arrays else ():
                 kind, _, name = key.partition(".")
@@ -292,11 +197,11 @@ def read_checkpoint(path, arrays: bool = True) -> Checkpoint:
     except RunFileError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
-        raise _unreadable(path, f"truncated or damaged ({type(exc).__name__})") from None
+        raise unusable(path, f"truncated or damaged ({type(exc).__name__})") from None
     except ValueError as exc:        # numpy: pickled objects refused; json: bad meta
         what = ("it holds pickled objects, which are never loaded" if "pickle" in str(exc)
                 else f"its contents cannot be read ({type(exc).__name__})")
-        raise _unreadable(path, what) from None
+        raise unusable(path, what) from None
     return Checkpoint(path, model, optim, _facts_from(meta, path), _progress_from(meta))
 
 
@@ -311,7 +216,7 @@ def check_arrays_fit(ckpt: Checkpoint, expected: dict) -> None:
     if missing or extra or wrong:
         parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
                 ([f"unexpected {', '.join(extra[:3])}"] if extra else []) + wrong[:2]
-        raise _unreadable(ckpt.path, "its arrays do not match the model settings it "
+        raise unusable(ckpt.path, "its arrays do not match the model settings it "
                           f"claims ({'; '.join(parts)})")
 
 

@@ -137,10 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true")
 
     p = sub.add_parser("predict", help="classify image files with a trained run",
-                       description="Top-5 classes of PNG or JPEG images, each resized to the "
-                       "network's input as the training images were.")
+                       description="Top-5 classes of PNG, JPEG, BMP, GIF or WebP pictures, "
+                       "each resized to the network's input; pictures over 50 megapixels are "
+                       "refused before they are decoded.")
     p.add_argument("run", help="run folder (or a .npz checkpoint)")
-    p.add_argument("images", nargs="+", help="PNG or JPEG files")
+    p.add_argument("images", nargs="+", help="picture files")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     p.add_argument("--top", type=POSITIVE, default=5, help="classes to show (default: 5)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from minivgg import commands
     from minivgg.backend import BackendUnavailable
-    from minivgg.checkpoint import RunFileError, WriteError
+    from minivgg.files import RunFileError, WriteError
     from minivgg.runfolder import RunFolderError
     handler = {"train": commands.train, "eval": commands.evaluate, "predict": commands.predict,
                "summary": commands.summary, "gradcheck": commands.gradcheck,

@@ -26,7 +26,7 @@ def _save(fig, path) -> Path:
     """Save via a temporary file and rename, like every other file of a run."""
     import io
 
-    from minivgg.checkpoint import atomic_write_bytes
+    from minivgg.files import atomic_write_bytes
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -196,7 +196,7 @@ def run_plots(run_dir, run, history) -> list[Path]:
     """All five figures of a finished run (``run`` from minivgg.run.build_run, its model as
     it is at the end of training), drawn from the test set."""
     from minivgg.run import test_transform
-    from minivgg.train import evaluate
+    from minivgg.scoring import evaluate
     run_dir, ds = Path(run_dir), run.dataset
     result = evaluate(run.model, run.test_loader, predictions=True)
     x = test_transform(run.config, run.normalize)(ds.test_images[:1], None).astype(np.float32)

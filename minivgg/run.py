@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minivgg.checkpoint import Checkpoint, RunFacts, check_arrays_fit
+from minivgg.checkpoint import Checkpoint, RunFacts, check_arrays_fit, unusable
 from minivgg.data import (
     Compose,
     DataLoader,
@@ -175,14 +175,12 @@ def model_from_checkpoint(ckpt: Checkpoint) -> VGG:
     alone) before anything is built, so a damaged or hostile checkpoint claiming a huge
     network is refused without allocating it.
     """
-    from minivgg.checkpoint import RunFileError
     from minivgg.summary import state_shapes
     try:
         settings = VGGSettings.from_dict(ckpt.facts.settings)
         expected = state_shapes(settings)
     except (TypeError, ValueError) as exc:
-        raise RunFileError(f"{ckpt.path}: its model settings are not valid ({exc}); delete "
-                           "it, it cannot be used") from None
+        raise unusable(ckpt.path, f"its model settings are not valid ({exc})") from None
     check_arrays_fit(ckpt, expected)
     model = VGG.from_spec(settings.to_dict())
     model.load_state_dict(ckpt.model_state)

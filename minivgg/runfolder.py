@@ -24,7 +24,7 @@ import secrets
 import time
 from pathlib import Path
 
-from minivgg import checkpoint
+from minivgg import checkpoint, files
 
 RUN_FILES = ("config.json", "metrics.csv", "last.npz", "best.npz")
 LOCK = ".lock"
@@ -156,7 +156,7 @@ def repair(run_dir, last: checkpoint.Checkpoint, log=print) -> None:
     """
     run_dir, p = Path(run_dir), last.progress
     if p.history:
-        checkpoint.write_csv(run_dir / "metrics.csv", p.history)
+        files.write_csv(run_dir / "metrics.csv", p.history)
     if p.best_epoch is None:
         return
     best_path = run_dir / "best.npz"
@@ -164,10 +164,10 @@ def repair(run_dir, last: checkpoint.Checkpoint, log=print) -> None:
         best = checkpoint.read_checkpoint(best_path, arrays=False).progress
         if (best.epoch, best.global_step) == (p.best_epoch, p.best_step):
             return
-    except checkpoint.RunFileError:
+    except files.RunFileError:
         pass
     if (p.epoch, p.batch, p.global_step) == (p.best_epoch, 0, p.best_step):
-        checkpoint.atomic_write_bytes(best_path, last.path.read_bytes())
+        files.atomic_write_bytes(best_path, last.path.read_bytes())
         log(f"repaired {best_path}: it is the checkpoint of epoch {p.best_epoch}, copied "
             "from last.npz (a write had been cut short)")
     else:

@@ -10,9 +10,9 @@ One step, for a batch (x, y) -- ``train_step``, the only place the package takes
     model.backward(loss_fn.backward())         fills every Parameter.grad
     optimizer.step()                           w <- w - lr * (...), in place
 
-After each epoch the model is scored on the validation split (which selects best.npz and
-drives reduce-on-plateau) and on the test set (reported, never selected on). Without a
-validation split the last epoch is the selected one.
+After each epoch the model is scored (minivgg.scoring) on the validation split, which
+selects best.npz and drives reduce-on-plateau, and on the test set, which is reported and
+never selected on. Without a validation split the last epoch is the selected one.
 
 Exact resumption: the loader draws epoch e's order and augmentations from (seed, e), the
 dropout masks come from generators whose states are saved, and the checkpoint records how
@@ -37,12 +37,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minivgg import checkpoint
-from minivgg.backend import asnumpy, get_array_module
+from minivgg import checkpoint, files
 from minivgg.checkpoint import NonFiniteState, Progress, RunFacts
 from minivgg.layers import Dropout
 from minivgg.losses import SoftmaxCrossEntropy
-from minivgg.modes import no_grad
+from minivgg.scoring import count_correct, evaluate
 
 ADVICE = "Try a smaller --lr, a --warmup, or --batch-norm."
 SPLIT_NAMES = {"val": "validation", "test": "test"}
@@ -63,15 +62,6 @@ def model_generators(model) -> list[np.random.Generator]:
     return gens
 
 
-def count_correct(logits, labels, k: int = 5) -> tuple[int, int]:
-    """How many rows have the label as the top prediction, and among the top ``k``."""
-    xp = get_array_module(logits)
-    k = min(k, logits.shape[1])
-    top = xp.argsort(-logits, axis=1)[:, :k]                  # (N, k), best first
-    hits = top == labels[:, None]
-    return int(hits[:, 0].sum()), int(hits.any(axis=1).sum())
-
-
 def train_step(model, optimizer, x, y, loss_fn=None) -> tuple[float, int]:
     """One step of gradient descent on the batch (x, y) -> (loss, correctly classified).
 
@@ -86,35 +76,6 @@ def train_step(model, optimizer, x, y, loss_fn=None) -> tuple[float, int]:
     model.backward(loss_fn.backward())
     optimizer.step()
     return loss, count_correct(logits, y, 1)[0]
-
-
-def evaluate(model, loader, predictions: bool = False) -> dict:
-    """Mean loss and top-1 / top-5 accuracy (in %) over a loader, in evaluation mode.
-
-    With ``predictions=True`` also returns "predicted" and "labels" (host int arrays).
-    The model's mode is restored afterwards.
-    """
-    loss_fn, n, loss_sum, top1, top5 = SoftmaxCrossEntropy(), 0, 0.0, 0, 0
-    predicted, labels, was_training = [], [], model.training
-    model.eval()
-    try:
-        with no_grad():
-            for x, y in loader:
-                logits = model.forward(x, training=False)
-                loss_sum += loss_fn.forward(logits, y) * len(y)
-                c1, c5 = count_correct(logits, y)
-                top1, top5, n = top1 + c1, top5 + c5, n + len(y)
-                if predictions:
-                    predicted.append(asnumpy(logits.argmax(axis=1)))
-                    labels.append(asnumpy(y))
-    finally:
-        model.train(was_training)
-    if n == 0:
-        raise ValueError("evaluate: the loader produced no batches")
-    out = {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "n": n}
-    if predictions:
-        out["predicted"], out["labels"] = np.concatenate(predicted), np.concatenate(labels)
-    return out
 
 
 class Trainer:
@@ -155,7 +116,7 @@ class Trainer:
             return train_step(self.model, self.optimizer, x, y, self.loss_fn)
         except TrainingDiverged as exc:
             raise TrainingDiverged(
-                f"train diverged: {exc} at epoch {self.epoch + 1}, batch {self.batch + 1} "
+                f"diverged: {exc} at epoch {self.epoch + 1}, batch {self.batch + 1} "
                 f"(lr {self.optimizer.lr:.4g}); training stopped and {self._kept()}. "
                 f"{ADVICE}") from None
 
@@ -240,7 +201,7 @@ class Trainer:
         result = evaluate(self.model, loader)
         if not math.isfinite(result["loss"]):          # the last update broke the weights
             raise TrainingDiverged(
-                f"train diverged: the {SPLIT_NAMES[split]} loss became {result['loss']} after "
+                f"diverged: the {SPLIT_NAMES[split]} loss became {result['loss']} after "
                 f"epoch {self.epoch + 1} (lr {self.optimizer.lr:.4g}); training stopped and "
                 f"nothing of this epoch was saved. {ADVICE}")
         return result
@@ -270,7 +231,7 @@ class Trainer:
             self.best_top1 = selected if selected is not None else self.best_top1
             self.best_epoch, self.best_step = self.epoch, self.global_step
         self.save(also_best=improved)
-        checkpoint.write_csv(self.run_dir / "metrics.csv", self.history)
+        files.write_csv(self.run_dir / "metrics.csv", self.history)
         self.log(self._epoch_line(row) + ("  (best)" if improved and selected is not None
                                           else ""))
 
@@ -298,12 +259,12 @@ class Trainer:
                                                 self._progress())
         except NonFiniteState as exc:
             raise TrainingDiverged(
-                f"train diverged: at epoch {self.epoch + 1}, batch {self.batch} (lr "
+                f"diverged: at epoch {self.epoch + 1}, batch {self.batch} (lr "
                 f"{self.optimizer.lr:.4g}) {exc}; training stopped and {self._kept()}. "
                 f"{ADVICE}") from None
-        checkpoint.atomic_write_bytes(self.run_dir / "last.npz", data)
+        files.atomic_write_bytes(self.run_dir / "last.npz", data)
         if also_best:
-            checkpoint.atomic_write_bytes(self.run_dir / "best.npz", data)
+            files.atomic_write_bytes(self.run_dir / "best.npz", data)
 
     def restore(self, path) -> checkpoint.Checkpoint:
         """Load model, optimizer, schedule, generators and position from a checkpoint.
@@ -316,7 +277,7 @@ class Trainer:
         ckpt = checkpoint.read_checkpoint(path)
         saved = VGGSettings.from_dict(ckpt.facts.settings)
         if saved != self.model.settings:
-            raise checkpoint.RunFileError(
+            raise files.RunFileError(
                 f"{ckpt.path}: saved for {saved}, but the rebuilt model is "
                 f"{self.model.settings}; the run's config.json no longer matches it")
         self.model.load_state_dict(ckpt.model_state)

@@ -10,9 +10,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from minivgg.checkpoint import read_checkpoint, read_csv, read_json
+from minivgg.checkpoint import read_checkpoint
 from minivgg.cli import build_parser, main
 from minivgg.data.shapes import SHAPE_CLASSES
+from minivgg.files import read_csv, read_json
 
 RUN_FILES = ["config.json", "metrics.csv", "last.npz", "best.npz", "curves.png",
              "confusion.png", "predictions.png", "filters.png", "feature_maps.png"]
@@ -128,3 +129,76 @@ def test_summary_gradcheck_and_bench(capsys):
     assert main(["bench", "--width", "0.125", "--steps", "2", "--batch-size", "8",
                  "--backend", "numba"]) == 0
     assert "training images/s" in capsys.readouterr().out
+
+
+def test_train_reports_the_selected_and_the_last_checkpoint_on_test(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "shapes", "--limit", "96", "--out", str(run), *QUICK,
+                 "--epochs", "2", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    rows = read_csv(run / "metrics.csv")
+    assert {"val_loss", "val_top1", "test_top1"} <= set(rows[0])
+    chosen = read_checkpoint(run / "best.npz").progress.epoch
+    assert rows[chosen - 1]["val_top1"] == max(r["val_top1"] for r in rows)
+    assert f"selected: best.npz (epoch {chosen}, best validation top-1" in out
+    assert f"test top-1 {rows[chosen - 1]['test_top1']:.2f}%" in out
+    assert f"last:     last.npz (epoch 2, validation top-1 {rows[1]['val_top1']:.2f}%): test " \
+           f"top-1 {rows[1]['test_top1']:.2f}%" in out
+
+
+def test_val_split_zero_trains_on_everything_and_selects_the_last_epoch(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "shapes", "--limit", "96", "--val-split", "0", "--out",
+                 str(run), *QUICK, "--epochs", "2", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "validation split 0%" in out and "the last epoch is the selected one" in out
+    assert "val_top1" not in read_csv(run / "metrics.csv")[0]
+    assert (run / "best.npz").read_bytes() == (run / "last.npz").read_bytes()
+    assert read_json(run / "config.json")["val_split"] == 0.0
+
+
+def test_every_command_places_its_model_with_device_place(shapes_run, tmp_path, monkeypatch,
+                                                          capsys):
+    import matplotlib.pyplot as plt
+
+    import minivgg.device
+    placed, real = [], minivgg.device.place
+
+    def spy(model, optimizer=None, device="cpu"):
+        placed.append(device)
+        return real(model, optimizer, device)
+    monkeypatch.setattr(minivgg.device, "place", spy)
+    plt.imsave(tmp_path / "x.png", np.zeros((32, 32, 3), np.uint8))
+    commands = [["eval", str(shapes_run), "--no-plots", "--backend", "numba"],
+                ["predict", str(shapes_run), str(tmp_path / "x.png"), "--backend", "numba"],
+                ["gradcheck", "vgg11", "--width", "0.0625"],
+                ["bench", "--width", "0.125", "--steps", "1", "--batch-size", "4",
+                 "--backend", "numba"],
+                ["train", "--dataset", "shapes", "--limit", "32", "--overfit-batch", "8",
+                 "--width", "0.125", "--backend", "numba"]]
+    for argv in commands:
+        placed.clear()
+        main(argv)
+        assert placed == ["cpu"], argv
+
+
+@pytest.mark.gpu
+def test_gradcheck_and_predict_with_cupy_run_on_the_gpu(shapes_run, tmp_path, monkeypatch,
+                                                         capsys):
+    import matplotlib.pyplot as plt
+
+    import minivgg.gradcheck
+    from minivgg.backend import device_of
+    from minivgg.device import model_device
+    seen, real = [], minivgg.gradcheck.check_model
+
+    def spy(model, x, labels, **kw):
+        seen.append((model_device(model), device_of(x), device_of(labels)))
+        return real(model, x, labels, **kw)
+    monkeypatch.setattr(minivgg.gradcheck, "check_model", spy)
+    assert main(["gradcheck", "vgg11", "--width", "0.0625", "--backend", "cupy"]) == 0
+    assert seen == [("gpu", "gpu", "gpu")] and "backend cupy" in capsys.readouterr().out
+    plt.imsave(tmp_path / "x.png", np.zeros((32, 32, 3), np.uint8))
+    assert main(["predict", str(shapes_run), str(tmp_path / "x.png"), "--backend", "cupy"]) == 0
+    assert main(["eval", str(shapes_run), "--no-plots", "--backend", "cupy"]) == 0
+    assert "top-1" in capsys.readouterr().out

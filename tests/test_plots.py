@@ -48,6 +48,18 @@ def test_curves(tmp_path):
     check_png(plot_curves(history, tmp_path / "curves.png"))
 
 
+def test_curves_show_the_validation_split_when_there_is_one(tmp_path, monkeypatch):
+    import minivgg.plots as plots
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    history = [{"epoch": e, "train_loss": 2 / e, "val_loss": 2.1 / e, "test_loss": 2.2 / e,
+                "train_top1": 30 + e, "val_top1": 29 + e, "test_top1": 28 + e}
+               for e in range(1, 4)]
+    plot_curves(history, tmp_path / "curves.png")
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in figures[0].axes]
+    assert legends == [["train", "validation", "test"]] * 2
+
+
 def test_confusion_matrix_counts_and_plot(tmp_path):
     labels, predicted = np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
     counts = confusion_matrix(labels, predicted, 3)

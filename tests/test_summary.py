@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from minivgg.layers import Conv2D, Dense, Flatten, MaxPool2D
-from minivgg.models import Sequential, vgg
+from minivgg.models import VGG, Sequential, VGGSettings, vgg
 from minivgg.models.init import NoDraws
-from minivgg.summary import summarize
+from minivgg.summary import state_shapes, summarize, summarize_settings
 
 # parameters at 224x224 and 1000 classes (torchvision's counts for vgg11..vgg19, *_bn)
 PARAMS = {
@@ -82,3 +82,36 @@ def test_summary_says_which_layer_cannot_take_the_input():
     with pytest.raises(ValueError, match=r"summary: layer classifier.0 \(Dense\) takes 32 "
                                          r"features, but receives \(128,\) = 128"):
         model.summary((3, 64, 64), print_fn=None)
+
+
+SETTINGS = [
+    VGGSettings("A", 10, 32, "cifar", 0.25, True),
+    VGGSettings("A-LRN", 10, 32, "cifar", 0.125),
+    VGGSettings("C", 7, 64, "imagenet", 0.0625, True, fc_width=32),
+    VGGSettings((8, "M", (16, 1), "M"), 3, 16, "cifar", 1.0, False, hidden=(5, 6),
+                in_channels=1),
+    VGGSettings("B", 10, 64, "imagenet", 0.0625, True, fc_width=16, dense_eval=True),
+    VGGSettings("E", 10, 64, "imagenet", 0.0625, False, fc_width=16, dense_eval=True,
+                average=False),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: s.title + f" {s.input_size}")
+def test_the_summary_from_settings_alone_equals_the_built_models(settings):
+    """summarize_settings works every shape out by hand; it must agree with the real layers,
+    row by row (names, kinds, shapes, parameter and buffer shapes, MACs)."""
+    model = VGG(settings, rng=NoDraws())
+    sides = [settings.input_size] + ([2 * settings.input_size] if settings.dense_eval else [])
+    for side in sides:
+        shape = (settings.in_channels, side, side)
+        built, walked = summarize(model, shape), summarize_settings(settings, shape)
+        assert walked.rows == built.rows
+        assert str(walked) == str(built)
+    assert state_shapes(settings) == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_the_summary_from_settings_refuses_what_the_model_refuses():
+    with pytest.raises(ValueError, match="input_size 16 is too small"):
+        summarize_settings(VGGSettings("A", 10, 16, "cifar"))
+    with pytest.raises(ValueError, match=r"classifier.0 \(Dense\) takes 512 features"):
+        summarize_settings(VGGSettings("A", 10, 32, "cifar"), (3, 64, 64))

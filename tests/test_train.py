@@ -8,15 +8,9 @@ import signal
 import numpy as np
 import pytest
 
-from minivgg.checkpoint import (
-    RunFacts,
-    RunFileError,
-    atomic_write_bytes,
-    encode_checkpoint,
-    read_checkpoint,
-    read_csv,
-)
+from minivgg.checkpoint import RunFacts, encode_checkpoint, read_checkpoint
 from minivgg.data import Compose, DataLoader, HorizontalFlip, Normalize, RandomCrop, make_shapes
+from minivgg.files import RunFileError, atomic_write_bytes, read_csv
 from minivgg.models import vgg
 from minivgg.optim import SGD
 from minivgg.schedules import Cosine
@@ -189,3 +183,46 @@ def test_weights_broken_by_an_epochs_last_step_are_not_saved(shapes, tmp_path):
     with pytest.raises(TrainingDiverged, match="test loss became nan"):
         trainer.fit(on_step=poison)
     assert not (tmp_path / "last.npz").exists() and not (tmp_path / "metrics.csv").exists()
+
+
+# -- the validation split: selection and the plateau schedule never see the test set ---------
+def test_the_validation_split_is_seeded_disjoint_and_normalisation_ignores_it():
+    from minivgg.run import DEFAULTS, build_run, split_validation
+    config = {**DEFAULTS, "dataset": "shapes", "limit": 100, "val_split": 0.2,
+              "backend": "numba"}
+    run = build_run(config)
+    train, val = split_validation(100, 0.2, config["seed"])
+    assert len(val) == 20 and not set(train) & set(val) and len(train) + len(val) == 100
+    np.testing.assert_array_equal(run.val_loader.images, run.dataset.train_images[val])
+    np.testing.assert_array_equal(run.train_loader.images, run.dataset.train_images[train])
+    expected = Normalize.from_data(run.dataset.train_images[train]).state_dict()
+    assert run.normalize.state_dict() == expected
+    assert expected != Normalize.from_data(run.dataset.train_images).state_dict()
+    np.testing.assert_array_equal(split_validation(100, 0.2, 0)[1], val)       # seeded
+    assert not np.array_equal(split_validation(100, 0.2, 1)[1], val)
+    assert run.test_loader.images.shape[0] == len(run.dataset.test_images)
+
+
+def test_best_and_plateau_follow_validation_accuracy_never_test(shapes, tmp_path, monkeypatch):
+    """Scripted scores: validation peaks at epoch 1, test keeps rising. best.npz must be
+    epoch 1 and the plateau schedule must reduce the learning rate."""
+    import minivgg.train as train_module
+    from minivgg.schedules import Plateau
+    trainer = make_trainer(shapes, tmp_path, epochs=3)
+    trainer.val_loader = trainer.test_loader.__class__(
+        shapes.train_images[:16], shapes.train_labels[:16], 16, shuffle=False,
+        transform=Normalize.from_data(shapes.train_images))
+    trainer.schedule = Plateau(0.05, factor=0.1, patience=0)
+    scripted = {id(trainer.val_loader): iter([60.0, 40.0, 50.0]),
+                id(trainer.test_loader): iter([10.0, 50.0, 90.0])}
+
+    def scores(model, loader):
+        return {"loss": 1.0, "top1": next(scripted[id(loader)]), "top5": 100.0, "n": 16}
+    monkeypatch.setattr(train_module, "evaluate", scores)
+    trainer.fit()
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert [r["val_top1"] for r in rows] == [60, 40, 50]
+    assert [r["test_top1"] for r in rows] == [10, 50, 90]
+    best = read_checkpoint(tmp_path / "best.npz").progress
+    assert (best.epoch, best.best_top1, trainer.best_epoch) == (1, 60.0, 1)
+    assert trainer.schedule.reductions == 2 and rows[-1]["lr"] == pytest.approx(0.05 * 0.1)

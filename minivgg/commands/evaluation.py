@@ -11,7 +11,7 @@ from minivgg.commands.common import UserError, checkpoint_path, load_run, run_co
 
 def evaluate(args) -> int:
     from minivgg.checkpoint import read_checkpoint
-    from minivgg.train import evaluate as score
+    from minivgg.scoring import evaluate as score
     path = checkpoint_path(args.run, args.checkpoint)
     ckpt = read_checkpoint(path)
     run = load_run(run_config(ckpt, backend=args.backend, data_dir=args.data_dir),
@@ -36,34 +36,10 @@ def evaluate(args) -> int:
     return 0
 
 
-def read_image(path) -> np.ndarray:
-    """A PNG or JPEG file -> uint8 (C, H, W), C = 1 or 3 (alpha dropped)."""
-    import matplotlib.image as mpimg
-    try:
-        img = np.asarray(mpimg.imread(path))
-    except Exception as exc:
-        raise UserError(f"cannot read {path} as an image ({exc}); expected PNG or JPEG") from None
-    if img.dtype.kind == "f":
-        img = np.clip(np.rint(img * 255), 0, 255)
-    img = img.astype(np.uint8)
-    img = img[:, :, None] if img.ndim == 2 else img[:, :, :3]
-    return np.ascontiguousarray(img.transpose(2, 0, 1))
-
-
-def prepare_image(img: np.ndarray, channels: int, size: int) -> np.ndarray:
-    """uint8 (C, H, W) -> uint8 (channels, size, size): colour converted, resized."""
-    from minivgg.data.transforms import resize_bilinear
-    if img.shape[0] != channels:
-        img = (img.mean(axis=0, keepdims=True) if channels == 1 else
-               np.repeat(img[:1], channels, axis=0))
-    if img.shape[1:] != (size, size):
-        img = resize_bilinear(img[None].astype(np.float32), size, size)[0]
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
-
 def predict(args) -> int:
     from minivgg.backend import asnumpy, to_device
     from minivgg.checkpoint import read_checkpoint
+    from minivgg.data.images import ImageError, prepare_image, read_image
     from minivgg.modes import no_grad
     from minivgg.run import test_transform
     ckpt = read_checkpoint(checkpoint_path(args.run, args.checkpoint))
@@ -72,7 +48,11 @@ def predict(args) -> int:
     transform, classes = test_transform(run.config, run.normalize), run.classes
     run.model.eval()
     for file in args.images:
-        x = transform(prepare_image(read_image(file), channels, size)[None], None)
+        try:          # refuses huge pictures before decoding them; shrinks big ones early
+            img = prepare_image(read_image(file, target=size), channels, size)
+        except ImageError as exc:
+            raise UserError(str(exc)) from None
+        x = transform(img[None], None)
         with no_grad():
             logits = run.model.forward(to_device(x.astype(np.float32), run.device))
         logits = asnumpy(logits)[0].astype(np.float64)

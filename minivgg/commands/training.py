@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ def config_from_args(args) -> dict:
 
 
 def train(args) -> int:
-    from minivgg.checkpoint import read_json
+    from minivgg.files import read_json
     from minivgg.runfolder import RunFolder, new_run_dir
     if args.overfit_batch is not None:
         return overfit_batch(config_from_args(args), args.overfit_batch)
@@ -41,7 +42,7 @@ def train(args) -> int:
 
 def train_in(run, run_dir: Path, args) -> int:
     """Train ``run`` in the claimed folder ``run_dir``; the exit status."""
-    from minivgg.checkpoint import write_json
+    from minivgg.files import write_json
     from minivgg.train import Trainer, TrainingDiverged
     trainer = Trainer.for_run(run, run_dir, progress=not args.no_progress)
     if args.resume:
@@ -57,7 +58,7 @@ def train_in(run, run_dir: Path, args) -> int:
     try:
         result = trainer.fit()
     except TrainingDiverged as exc:
-        print(f"minivgg train: {exc}")
+        print(f"minivgg train: {exc}", file=sys.stderr)
         return 1
     if result["status"] == "interrupted":
         return 128 + int(trainer.stop_requested)
