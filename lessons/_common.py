@@ -32,7 +32,9 @@ if _threads != "0":
 
 import matplotlib  # noqa: E402  (after the thread settings: it loads NumPy)
 
-matplotlib.use("Agg")
+IN_NOTEBOOK = "ipykernel" in sys.modules     # opened as a notebook (the "# %%" cells)
+if not IN_NOTEBOOK:
+    matplotlib.use("Agg")                    # a script only writes its figures to files
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -70,6 +72,9 @@ def say(text: str) -> None:
 def save(fig, folder: Path, name: str) -> Path:
     path = folder / name
     fig.savefig(path, dpi=110, bbox_inches="tight")
+    if IN_NOTEBOOK:                          # show it in the cell's output as well
+        from IPython.display import display
+        display(fig)
     plt.close(fig)
     print(f"   [figure] {path}")
     return path
