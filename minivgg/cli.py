@@ -204,6 +204,9 @@ def main(argv=None) -> int:
             BackendUnavailable) as exc:
         print(f"minivgg {args.command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:                # a second Ctrl-C while training, or any other
+        print(f"\nminivgg {args.command}: aborted; nothing more was saved", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -248,9 +248,8 @@ def build_run(config: dict, *, dataset: Dataset | None = None,
         raise ValueError("build_run: with_data=False needs a checkpoint for the classes and "
                          "the normalisation")
     if checkpoint is not None:
-        facts = checkpoint.facts
-        classes, image_shape = facts.classes, tuple(facts.image_shape)
-        normalize, model = Normalize(**facts.normalize), model_from_checkpoint(checkpoint)
+        classes, image_shape, normalize = _data_facts(checkpoint)
+        model = model_from_checkpoint(checkpoint)
     else:
         classes, image_shape = list(ds.classes), ds.image_shape
         normalize = Normalize.from_data(parts["train"][0])
@@ -264,6 +263,20 @@ def build_run(config: dict, *, dataset: Dataset | None = None,
     from minivgg.device import place
     place(model, optimizer, device)
     return run
+
+
+def _data_facts(ckpt: Checkpoint) -> tuple:
+    """(classes, image shape, Normalize) that a checkpoint records, or a RunFileError."""
+    facts = ckpt.facts
+    try:
+        classes, image_shape = list(facts.classes), tuple(int(s) for s in facts.image_shape)
+        normalize = Normalize(**facts.normalize)
+        if len(image_shape) != 3 or len(normalize.mean) != image_shape[0]:
+            raise ValueError(f"image shape {image_shape}, normalisation {facts.normalize}")
+    except (TypeError, ValueError) as exc:
+        raise unusable(ckpt.path, "it does not record the classes, image shape and "
+                       f"normalisation that evaluation needs ({exc})") from None
+    return classes, image_shape, normalize
 
 
 def _training_parts(ds: Dataset, config: dict) -> dict:

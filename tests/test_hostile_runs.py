@@ -221,12 +221,14 @@ def damage(kind: str, path: Path) -> None:
         rewrite(path, "{not json")
     elif kind == "pickled objects":
         rewrite(path, **{"model.extra": np.array([{"os": "system"}], dtype=object)})
+    elif kind == "no normalisation":
+        rewrite(path, {**meta_of(path), "normalize": None})
     elif kind == "foreign settings":
         rewrite(path, {**meta_of(path), "spec": {**meta_of(path)["spec"], "trojan": 1}})
 
 
 KINDS = ["random bytes", "truncated", "empty", "damaged inside", "no settings", "bad meta",
-         "pickled objects", "foreign settings"]
+         "pickled objects", "foreign settings", "no normalisation"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -193,3 +193,22 @@ def test_non_finite_state_that_leaves_the_loss_finite_is_never_saved(what, tmp_p
     with pytest.raises(TrainingDiverged, match=f"diverged: .*{what}.*unchanged"):
         t.fit(on_step=watch)
     assert (tmp_path / "last.npz").read_bytes() == epoch_one
+
+
+def test_a_second_ctrl_c_aborts_at_once_without_a_traceback(tmp_path, capsys, monkeypatch):
+    import minivgg.train as train_module
+    real = train_module.train_step
+
+    def interrupted_twice(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)          # stop after this step, please
+        os.kill(os.getpid(), signal.SIGINT)          # no: now
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train_module, "train_step", interrupted_twice)
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["train", "--dataset", "shapes", "--limit", "64", "--epochs", "2", "--out",
+                 str(out), *QUICK]) == 130
+    err = capsys.readouterr().err
+    assert "aborted" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]    # lock released
+    assert signal.getsignal(signal.SIGINT) is before

@@ -19,6 +19,7 @@ def config_from_args(args) -> dict:
 
 
 def train(args) -> int:
+    """Check the folder (cheap refusals first), build the run, claim the folder, train."""
     from minivgg.files import read_json
     from minivgg.runfolder import RunFolder, new_run_dir
     if args.overfit_batch is not None:
