@@ -240,22 +240,24 @@ shown = {
     "Cosine(30)": schedules.Cosine(0.05, epochs),
     "Warmup(Cosine, 2 epochs)": schedules.Warmup(schedules.Cosine(0.05, epochs), 2, per_epoch),
 }
-plateau = schedules.Plateau(0.05, factor=0.1, patience=2, min_lr=5e-5)
+plateau = schedules.Plateau(0.05, factor=0.1, patience=2)
 val_acc = np.concatenate([np.linspace(30, 60, 10), [60.0] * 5,       # a made-up run: rises,
-                          np.linspace(61, 66, 5), [66.0] * 10])     # stalls, rises, stalls
+                          np.linspace(61, 66, 5), [66.0] * 6,       # stalls, rises, stalls,
+                          np.linspace(66.5, 67, 4)])                # creeps up
 plateau_lr = []
 for e in range(epochs):
     plateau_lr += [plateau.lr(e)] * per_epoch
     plateau.end_epoch(val_acc[e])
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+fig, axes = plt.subplots(1, 2, figsize=(13, 3.6))
 for label, sched in shown.items():
-    axes[0].plot(ts, [sched.lr(t) for t in ts], label=label)
-axes[0].plot(ts, plateau_lr, "k--", label="Plateau (validation accuracy on the right)")
-axes[0].set_yscale("log")
+    style = {"ls": ":", "lw": 2.5} if label.startswith("Warmup") else {}   # cosine beneath
+    axes[0].plot(ts, [sched.lr(t) for t in ts], label=label, **style)
+axes[0].plot(ts, plateau_lr, "k--", label="Plateau (accuracies on the right)")
 axes[0].set_xlabel("epoch")
-axes[0].set_ylabel("learning rate (log)")
+axes[0].set_ylabel("learning rate")
 axes[0].set_title("minivgg.schedules, base lr 0.05")
-axes[0].legend(fontsize=7)
+axes[0].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))   # off the curves
+fig.subplots_adjust(wspace=0.95)
 axes[1].plot(range(epochs), val_acc, "k.-")
 axes[1].set_xlabel("epoch")
 axes[1].set_ylabel("validation accuracy (%)")
@@ -264,7 +266,7 @@ save(fig, OUT, FIGURES[1])
 for label, sched in shown.items():
     print(f"   {label:26s} lr at epochs 0, 10, 20, 29: "
           + ", ".join(f"{sched.lr(t):.2g}" for t in (0, 10, 20, 29)))
-print(f"   Plateau(factor 0.1, patience 2, min_lr 5e-5), fed the accuracies on the right: "
+print(f"   Plateau(factor 0.1, patience 2), fed the accuracies on the right: "
       f"{plateau.reductions} reductions, ending at lr {plateau.lr(epochs):.2g}")
 
 # %% Augmentation
