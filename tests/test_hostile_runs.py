@@ -1,58 +1,35 @@
-"""Hostile input to the run side: bad flags, used or unwritable folders, two writers, damaged
-files, a huge summary, a closed pipe. Each is refused with one line that names the thing,
-a non-zero exit and no traceback, and changes nothing on disk.
+"""Hostile input to the run side: bad flags, used or unwritable folders, two writers, a
+closed pipe, a huge summary. Each is refused with one line that names the thing, a non-zero
+exit and no traceback, and changes nothing on disk.
 
-Kills, signals, a full disk and divergence are in test_hostile_writes.py.
+Damaged files are in test_hostile_files.py; kills, signals, a full disk and divergence in
+test_hostile_writes.py.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from hostile import QUICK, RESUME, SHAPES, copy_of, finish_a_run, one_line, snapshot
 
 from minivgg import runfolder
 from minivgg.cli import main
 from minivgg.runfolder import RUN_FILES, RunFolder, RunFolderError, new_run_dir
 
-QUICK = ["--width", "0.125", "--epochs", "1", "--batch-size", "32", "--no-progress",
-         "--backend", "numba", "--no-plots"]
-SHAPES = ["train", "--dataset", "shapes", "--limit", "96"]
-RESUME = ["--no-progress", "--no-plots"]
-
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("hostile") / "run"
-    assert main([*SHAPES, "--out", str(run), *QUICK]) == 0
-    return run
+    return finish_a_run(tmp_path_factory.mktemp("hostile"))
 
 
 @pytest.fixture
 def run_copy(finished_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(finished_run, copy)
-    return copy
-
-
-def snapshot(folder: Path) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def one_line(capsys) -> str:
-    """The command's stderr: exactly one line, and no traceback."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
+    return copy_of(finished_run, tmp_path)
 
 
 # -- every flag checked at parse time -----------------------------------------------------------
@@ -185,117 +162,6 @@ def test_resume_removes_temporary_files_a_kill_left_behind(run_copy, capsys):
     orphan.write_bytes(b"half a checkpoint")
     assert main(["train", "--resume", str(run_copy), *RESUME]) == 0
     assert not orphan.exists() and not (run_copy / ".lock").exists()
-
-
-# -- damaged files name themselves ---------------------------------------------------------------
-def rewrite(path: Path, meta=None, **arrays) -> None:
-    """Rewrite a checkpoint with another meta and/or extra arrays (object arrays pickled)."""
-    with np.load(path, allow_pickle=False) as npz:
-        content = {k: npz[k] for k in npz.files}
-    if meta is not None:
-        content["meta"] = np.array(meta if isinstance(meta, str) else json.dumps(meta))
-    content.update(arrays)
-    with open(path, "wb") as f:
-        np.savez(f, **content)
-
-
-def meta_of(path: Path) -> dict:
-    with np.load(path, allow_pickle=False) as npz:
-        return json.loads(str(npz["meta"]))
-
-
-def damage(kind: str, path: Path) -> None:
-    data = path.read_bytes()
-    if kind == "random bytes":
-        path.write_bytes(np.random.default_rng(0).bytes(5000))
-    elif kind == "truncated":
-        path.write_bytes(data[:len(data) // 2])
-    elif kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "damaged inside":
-        middle = len(data) // 2
-        path.write_bytes(data[:middle] + bytes(64) + data[middle + 64:])
-    elif kind == "no settings":
-        rewrite(path, {k: v for k, v in meta_of(path).items() if k != "spec"})
-    elif kind == "bad meta":
-        rewrite(path, "{not json")
-    elif kind == "pickled objects":
-        rewrite(path, **{"model.extra": np.array([{"os": "system"}], dtype=object)})
-    elif kind == "no normalisation":
-        rewrite(path, {**meta_of(path), "normalize": None})
-    elif kind == "foreign settings":
-        rewrite(path, {**meta_of(path), "spec": {**meta_of(path)["spec"], "trojan": 1}})
-
-
-KINDS = ["random bytes", "truncated", "empty", "damaged inside", "no settings", "bad meta",
-         "pickled objects", "foreign settings", "no normalisation"]
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_damaged_best_npz_names_itself_and_the_way_out(kind, run_copy, capsys):
-    damage(kind, run_copy / "best.npz")
-    before = snapshot(run_copy)
-    assert main(["eval", str(run_copy), "--no-plots", "--backend", "numba"]) == 2
-    line = one_line(capsys)
-    assert str(run_copy / "best.npz") in line and "delete it" in line, line
-    assert "last.npz" in line, line                           # the other checkpoint
-    assert "allow_pickle" not in line
-    assert snapshot(run_copy) == before
-
-
-@pytest.mark.parametrize("kind", ["random bytes", "truncated"])
-def test_a_damaged_last_npz_stops_resume_and_predict_names_best(kind, run_copy, tmp_path,
-                                                                 capsys):
-    damage(kind, run_copy / "last.npz")
-    before = snapshot(run_copy)
-    assert main(["train", "--resume", str(run_copy), *RESUME]) == 2
-    line = one_line(capsys)
-    assert str(run_copy / "last.npz") in line and "best.npz" in line
-    assert main(["predict", str(run_copy), str(tmp_path / "x.png"), "--checkpoint", "last",
-                 "--backend", "numba"]) == 2
-    assert "last.npz" in one_line(capsys)
-    assert snapshot(run_copy) == before
-
-
-def test_a_checkpoint_claiming_a_huge_network_is_refused_before_building_it(run_copy, capsys,
-                                                                           monkeypatch):
-    meta = meta_of(run_copy / "best.npz")
-    rewrite(run_copy / "best.npz", {**meta, "spec": {**meta["spec"], "config": "E",
-                                                     "width": 4.0}})
-    from minivgg.models import VGG
-
-    def never(*args, **kwargs):
-        raise AssertionError("a network was built from unchecked settings")
-    monkeypatch.setattr(VGG, "__init__", never)
-    assert main(["eval", str(run_copy), "--no-plots", "--backend", "numba"]) == 2
-    line = one_line(capsys)
-    assert "best.npz" in line and "do not match the model settings" in line
-
-
-def test_a_bad_config_json_names_itself(run_copy, capsys):
-    (run_copy / "config.json").write_text('{"epochs": 2,')
-    before = snapshot(run_copy)
-    assert main(["train", "--resume", str(run_copy), *RESUME]) == 2
-    line = one_line(capsys)
-    assert "config.json" in line and "not valid JSON" in line
-    assert snapshot(run_copy) == before
-
-
-def test_resume_refuses_a_config_that_no_longer_builds_the_saved_model(run_copy, capsys):
-    config = json.loads((run_copy / "config.json").read_text())
-    (run_copy / "config.json").write_text(json.dumps({**config, "width": 0.25}))
-    before = snapshot(run_copy)
-    assert main(["train", "--resume", str(run_copy), *RESUME]) == 2
-    line = one_line(capsys)
-    assert "last.npz" in line and "width=0.125" in line and "width=0.25" in line
-    assert snapshot(run_copy) == before
-
-
-def test_predict_names_a_file_that_is_not_a_picture(finished_run, tmp_path, capsys):
-    (tmp_path / "notes.png").write_text("not a picture")
-    assert main(["predict", str(finished_run), str(tmp_path / "notes.png"), "--backend",
-                 "numba"]) == 2
-    assert "notes.png" in one_line(capsys)
 
 
 # -- output ------------------------------------------------------------------------------------

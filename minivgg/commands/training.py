@@ -31,6 +31,7 @@ def train(args) -> int:
             raise UserError(f"--resume {run_dir}: expected a run folder with config.json and "
                             f"last.npz; {' and '.join(missing)} not found")
         config = saved_config(read_json(run_dir / "config.json"))
+        check_saved_config(config, run_dir / "config.json")
     else:
         config, run_dir = config_from_args(args), Path(args.out) if args.out else None
         if run_dir is not None:
@@ -39,6 +40,32 @@ def train(args) -> int:
     run_dir = run_dir or new_run_dir(config["dataset"], config["model"])
     with RunFolder(run_dir, resume=bool(args.resume)):
         return train_in(run, run_dir, args)
+
+
+def check_saved_config(config: dict, path: Path) -> None:
+    """A config.json read back passes the checks the command line gives the same options
+    (the parser's own ``type`` and ``choices``), so an edited file fails here, by name."""
+    import argparse
+
+    from minivgg.cli import add_train_args
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+    for action in parser._actions:
+        value = config.get(action.dest)
+        if value is None or action.dest in ("help", "out", "resume"):
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction) and not isinstance(value, bool):
+            raise UserError(f"{path}: {action.dest} must be true or false, got {value!r}")
+        for item in value if isinstance(value, list) else [value]:
+            try:
+                if action.type is not None:
+                    action.type(str(item))
+                if action.choices is not None and item not in action.choices:
+                    raise argparse.ArgumentTypeError(f"expected one of {list(action.choices)}, "
+                                                     f"got {item!r}")
+            except argparse.ArgumentTypeError as exc:
+                raise UserError(f"{path}: {action.dest}: {exc}; correct the file, or start a "
+                                "new run") from None
 
 
 def train_in(run, run_dir: Path, args) -> int:
