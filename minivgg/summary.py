@@ -156,7 +156,7 @@ class _Walk:
 
 
 def _features(walk: _Walk, settings) -> None:
-    from minivgg.models.vgg import _scaled
+    from minivgg.models.vgg import scaled_channels
     i = 0
     for item in settings.layers:
         name = f"features.{i}"
@@ -168,7 +168,7 @@ def _features(walk: _Walk, settings) -> None:
             walk.add(name, "LocalResponseNorm", walk.shape)
         else:
             channels, k = item if isinstance(item, tuple) else (item, 3)
-            channels = _scaled(channels, settings.width)
+            channels = scaled_channels(channels, settings.width)
             walk.conv(name, channels, k, k // 2)
             if settings.batch_norm:
                 i += 1

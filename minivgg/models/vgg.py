@@ -45,7 +45,8 @@ from minivgg.models.sequential import Sequential
 PAPER_STD = 0.1          # the paper's N(0, 10^-2): variance 10^-2
 
 
-def _scaled(channels: int, width: float) -> int:
+def scaled_channels(channels: int, width: float) -> int:
+    """A configuration's channel count times the width multiplier, at least 1."""
     return max(1, int(round(channels * width)))
 
 
@@ -60,7 +61,7 @@ def make_features(config: list, width=1.0, batch_norm=False, in_channels=3, rng=
             layers.append(LocalResponseNorm(n=5, k=2.0, alpha=1e-4, beta=0.75))
         else:
             out, k = item if isinstance(item, tuple) else (item, 3)
-            out = _scaled(out, width)
+            out = scaled_channels(out, width)
             layers.append(Conv2D(c, out, kernel_size=k, padding=k // 2, rng=rng, dtype=dtype))
             if batch_norm:
                 layers.append(BatchNorm2D(out, dtype=dtype))
