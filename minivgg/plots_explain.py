@@ -20,13 +20,11 @@ import os
 import tempfile
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt  # the backend is left to the user (Agg when headless)
+import numpy as np
+from matplotlib.patches import FancyBboxPatch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from minivgg.backend import asnumpy  # noqa: E402
+from minivgg.backend import asnumpy
 
 
 def save_figure(fig, path, dpi: int = 110) -> Path:
@@ -226,7 +224,7 @@ def plot_model(model, input_shape, path) -> Path:
     largest = max(max(b[2] for b in boxes), 1)
     for y, (label, shape, params, macs, span) in enumerate(boxes):
         shade = plt.cm.Blues(0.15 + 0.6 * params / largest)    # darker: more parameters
-        ax.add_patch(matplotlib.patches.FancyBboxPatch(
+        ax.add_patch(FancyBboxPatch(
             (0.02, y - 0.3), 0.96, 0.6, boxstyle="round,pad=0.01", fc=shade, ec="0.3"))
         ink = "white" if params / largest > 0.6 else "black"
         ax.text(0.04, y - 0.07, label, fontsize=8.5, va="center", color=ink, weight="bold")
@@ -307,7 +305,8 @@ def explain_file(model, x, image, classes, method: str = "gradcam", layer=None, 
     k = best[0][0] if k is None else int(k)
     path = explain.resolve_layer(model, layer) if method == "gradcam" else layer
     heat = explain.explain(model, x, k, method, path)      # a layer for saliency: refused
-    title = f"{method} of class {classes[k]!r} ({k})" + (f" at {path}" if path else "")
-    out = plot_explanation(image, heat, best, out_path, title, method)
+    name = {"saliency": "saliency", "smoothgrad": "SmoothGrad", "gradcam": "Grad-CAM"}[method]
+    title = f"{name} of class {classes[k]!r} ({k})" + (f" at {path}" if path else "")
+    out = plot_explanation(image, heat, best, out_path, title, name)
     return {"class": k, "name": classes[k], "method": method, "layer": path, "top": best,
             "path": out}
