@@ -11,27 +11,25 @@ All kernels here are exact, not merely close:
   reordering in a future kernel would show up here and would need a stated tolerance
   (a sum of at most kh*kw terms: |error| <= kh*kw * eps * sum|terms|).
 
-Shapes, strides, paddings, dtypes and memory layouts are drawn by hypothesis.
-The CUDA source is compiled with nvcc where present, and its index arithmetic is run on the
-CPU by compiling the same source with g++ (one "thread" looping over all outputs), so the GPU
-kernels are checked against the reference even on a machine without a GPU.
+Every kernel is called through the public functions (minivgg.kernels, api.py), so the
+shared checks, allocation and NCHW views are tested together with each backend's loops.
+Shapes, strides, paddings, dtypes and memory layouts are drawn by hypothesis. The CUDA
+source is also checked on machines without a GPU: tests/test_kernels_cuda.py.
 """
 
 from __future__ import annotations
 
-import ctypes
-import shutil
-import subprocess
-import sys
+import re
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import minivgg as mv
+from minivgg import backend, kernels
 from minivgg.backend import cupy_problem
 from minivgg.kernels import blas, gpu, reference
-from minivgg.kernels.reference import conv_output_size
 
 KERNEL_BACKENDS = [pytest.param("numba", id="numba"),
                    pytest.param("cupy", id="cupy", marks=pytest.mark.gpu)]
@@ -39,15 +37,26 @@ SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    saved = backend._cpu_kernels, backend._device
+    yield
+    backend._cpu_kernels, backend._device = saved
+
+
 def kernel_module(name):
+    """The public kernels computing on backend ``name``, and the transfers to its arrays."""
     if name == "numba":
         pytest.importorskip("numba")
         from minivgg.kernels import cpu
-        return cpu, np.asarray, np.asarray
+        mv.set_cpu_kernels("numba")
+        assert kernels.implementation(np.zeros(1)) is cpu
+        return kernels, np.asarray, np.asarray
     if cupy_problem() is not None:
         pytest.skip("needs CuPy and a CUDA device")
     import cupy
-    return gpu, cupy.asarray, cupy.asnumpy
+    assert kernels.implementation(cupy.zeros(1)) is gpu
+    return kernels, cupy.asarray, cupy.asnumpy
 
 
 def layouts(x, kind):
@@ -202,112 +211,173 @@ def test_matmul_equals_reference(backend, dtype, shape, rng):
 
 def test_numba_keeps_nhwc_memory_nhwc(rng):
     """A conv output (NCHW view of NHWC) stays NHWC through pooling and ReLU: no copies."""
-    pytest.importorskip("numba")
-    from minivgg.kernels import cpu
+    k, _, _ = kernel_module("numba")
     x = np.ascontiguousarray(rng.standard_normal((2, 4, 4, 3))).transpose(0, 3, 1, 2)
-    y, _ = cpu.relu_forward(x)
-    out, _ = cpu.maxpool_forward(y, 2, 2)
+    y, _ = k.relu_forward(x)
+    out, _ = k.maxpool_forward(y, 2, 2)
     for a in (y, out):
         assert a.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
-# -- the CUDA source, checked without a GPU ---------------------------------------------------
-
-def test_gpu_module_imports_without_cupy():
-    code = "import sys, minivgg.kernels.gpu, minivgg.kernels; assert 'cupy' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-def test_cuda_source_compiles_with_nvcc(tmp_path):
-    refs = ", ".join(f"(void*)&{k}<{t}>" for k in gpu.KERNEL_NAMES for t in ("float", "double"))
-    src = tmp_path / "kernels.cu"
-    src.write_text(gpu.CUDA_SOURCE + f"\nvoid* instantiate[] = {{{refs}}};\n")
-    result = subprocess.run(["nvcc", "-std=c++14", "-arch=sm_80", "-ptx", str(src),
-                             "-o", str(tmp_path / "kernels.ptx")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    ptx = (tmp_path / "kernels.ptx").read_text()
-    assert ptx.count(".entry") == 2 * len(gpu.KERNEL_NAMES)
+def test_numba_pools_large_windows_with_an_int32_argmax(rng):
+    k, _, _ = kernel_module("numba")
+    x = rng.standard_normal((1, 2, 17, 18))
+    out, argmax = k.maxpool_forward(x, 17, 1)
+    ref_out, ref_argmax = reference.maxpool_forward(x, 17, 1)
+    assert argmax.dtype == np.int32
+    assert_same(out, ref_out)
+    np.testing.assert_array_equal(argmax, ref_argmax)
+    dout = rng.standard_normal(out.shape)
+    assert_same(k.maxpool_backward(dout, argmax, x.shape, 17, 1),
+                reference.maxpool_backward(dout, ref_argmax, x.shape, 17, 1))
 
 
-EMULATION = """
-#include <cstddef>
-struct MvDim { unsigned x; };
-static const MvDim blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};
-#define __global__
-"""
+# -- dispatch and scratch buffers ---------------------------------------------------------------
+
+def test_dispatch_is_by_module_identity(monkeypatch):
+    from minivgg.kernels import cpu, winograd, winograd_cpu
+    x = np.zeros((1, 16, 2, 2), np.float32)
+    mv.set_cpu_kernels("numpy")
+    assert kernels.implementation(x) is reference
+    assert kernels.winograd_implementation(x) is winograd
+    assert not kernels.winograd_preferred(x)          # the reference stays the im2col spec
+    mv.set_cpu_kernels("numba")
+    assert kernels.implementation(x) is cpu
+    assert kernels.winograd_implementation(x) is winograd_cpu
+    assert kernels.winograd_preferred(x) and not kernels.winograd_preferred(x[:, :3])
+    monkeypatch.setattr(cpu, "__name__", "renamed")  # names play no part
+    assert kernels.winograd_implementation(x) is winograd_cpu and kernels.winograd_preferred(x)
+
+    class FakeCupyArray:                              # what dispatch looks at: the type's module
+        __module__ = "cupy._core.core"
+        shape = (1, 16, 2, 2)
+    assert kernels.implementation(FakeCupyArray()) is gpu
+    assert not kernels.winograd_preferred(FakeCupyArray())
 
 
-@pytest.fixture(scope="module")
-def cuda_on_cpu(tmp_path_factory):
-    """The CUDA kernels compiled as plain C++: one thread whose grid-stride loop does it all."""
-    if shutil.which("g++") is None or shutil.which("nm") is None:
-        pytest.skip("needs g++ and nm")
-    d = tmp_path_factory.mktemp("cuda_on_cpu")
-    refs = ", ".join(f"(void*)&{k}<{t}>" for k in gpu.KERNEL_NAMES for t in ("float", "double"))
-    (d / "k.cpp").write_text(EMULATION + gpu.CUDA_SOURCE + f"\nvoid* inst[] = {{{refs}}};\n")
-    subprocess.run(["g++", "-O1", "-std=c++14", "-shared", "-fPIC", "-ffp-contract=off",
-                    str(d / "k.cpp"), "-o", str(d / "k.so")], check=True)
-    symbols = subprocess.run(["nm", "-D", "--defined-only", str(d / "k.so")],
-                             capture_output=True, text=True, check=True).stdout.split()
-    lib = ctypes.CDLL(str(d / "k.so"))
-
-    def call(name, dtype, arrays, total, ints):
-        tag = {np.float32: "If", np.float64: "Id"}[np.dtype(dtype).type]
-        symbol = next(s for s in symbols if f"{len(name)}{name}{tag}" in s)
-        args = [a.ctypes.data_as(ctypes.c_void_p) for a in arrays]
-        getattr(lib, symbol)(*args, ctypes.c_longlong(total), *map(ctypes.c_int, ints))
-    return call
-
-
-@SETTINGS
-@given(case=conv_cases())
-def test_cuda_im2col_col2im_index_math_on_cpu(cuda_on_cpu, case):
-    n, c, h, w, k, s, p = (case[key] for key in "n c h w k s p".split())
-    dt = case["dtype"]
-    rng = np.random.default_rng(case["seed"])
-    x = rng.standard_normal((n, c, h, w)).astype(dt)
-    oh, ow = conv_output_size(h, k, s, p), conv_output_size(w, k, s, p)
-    cols = np.empty((n * oh * ow, c * k * k), dtype=dt)
-    ints = (h, w, c, oh, ow, k, k, s, p)
-    cuda_on_cpu("im2col_nhwc", dt, (np.ascontiguousarray(x.transpose(0, 2, 3, 1)), cols),
-                cols.size, ints)
-    assert_same(cols, reference.im2col(x, k, k, s, p))
-    dcols = rng.standard_normal(cols.shape).astype(dt)
-    dx = np.empty((n, h, w, c), dtype=dt)
-    cuda_on_cpu("col2im_nhwc", dt, (dcols, dx), dx.size, ints)
-    assert_same(dx.transpose(0, 3, 1, 2), reference.col2im(dcols, x.shape, k, k, s, p))
+def test_workspace_reuses_memory_and_replaces_what_does_not_fit():
+    ws = kernels.Workspace()
+    a = ws.buffer("cols", (4, 5), np.float32)
+    b = ws.buffer("cols", (2, 5), np.float32)        # smaller: a view of the same memory
+    assert b.shape == (2, 5) and b.flags.c_contiguous and np.shares_memory(a, b)
+    c = ws.buffer("cols", (5, 5), np.float32)        # larger: fresh memory
+    assert not np.shares_memory(a, c)
+    d = ws.buffer("cols", (5, 5), np.float64)        # another dtype: fresh memory
+    assert d.dtype == np.float64 and not np.shares_memory(c, d)
+    assert not np.shares_memory(ws.buffer("other", (25,), np.float64), d)
+    assert ws.nbytes == 2 * 25 * 8
+    ws.clear()
+    assert ws.nbytes == 0
+    import threading
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(kernels.thread_workspace()))
+    thread.start()
+    thread.join()
+    assert kernels.thread_workspace() is kernels.thread_workspace() is not seen[0]
 
 
-@SETTINGS
-@given(case=pool_cases())
-def test_cuda_maxpool_and_relu_index_math_on_cpu(cuda_on_cpu, case):
-    n, c, h, w, k, s = (case[key] for key in "n c h w k s".split())
-    dt = case["dtype"]
-    rng = np.random.default_rng(case["seed"])
-    x = rng.standard_normal((n, c, h, w))
-    x = (np.round(x) if case["ties"] else x).astype(dt)
-    oh, ow = conv_output_size(h, k, s, 0), conv_output_size(w, k, s, 0)
-    out = np.empty((n, oh, ow, c), dtype=dt)
-    argmax = np.empty((n, oh, ow, c), dtype=np.uint8)
-    ints = (h, w, c, oh, ow, k, s)
-    cuda_on_cpu("maxpool_forward_nhwc", dt,
-                (np.ascontiguousarray(x.transpose(0, 2, 3, 1)), out, argmax), out.size, ints)
-    ref_out, ref_arg = reference.maxpool_forward(x, k, s)
-    assert_same(out.transpose(0, 3, 1, 2), ref_out)
-    np.testing.assert_array_equal(argmax.transpose(0, 3, 1, 2), ref_arg)
-    dout = rng.standard_normal(out.shape).astype(dt)
-    dx = np.empty((n, h, w, c), dtype=dt)
-    cuda_on_cpu("maxpool_backward_nhwc", dt, (dout, argmax, dx), dx.size, ints)
-    assert_same(dx.transpose(0, 3, 1, 2),
-                reference.maxpool_backward(dout.transpose(0, 3, 1, 2), ref_arg, x.shape, k, s))
-    flat = x.reshape(-1).copy()
-    flat[0] = np.nan                                              # ReLU lets NaN through
-    y, mask = np.empty_like(flat), np.empty(flat.shape, dtype=np.bool_)
-    cuda_on_cpu("relu_forward_flat", dt, (flat, y, mask), flat.size, ())
-    ref_y, ref_mask = reference.relu_forward(flat)
-    assert_same(y, ref_y)
-    assert_same(mask, ref_mask)
-    d = np.empty_like(flat)
-    cuda_on_cpu("relu_backward_flat", dt, (flat, mask, d), flat.size, ())
-    assert_same(d, reference.relu_backward(flat, ref_mask))
+@pytest.mark.parametrize("cpu_kernels,algorithm", [("numpy", "im2col"), ("numba", "im2col"),
+                                                   ("numba", "winograd")])
+def test_conv2d_reuses_its_buffer_from_step_to_step(cpu_kernels, algorithm, rng):
+    """The next forward writes its cols (or tiles) where the last backward's dcols were."""
+    from minivgg.layers import Conv2D
+    mv.set_cpu_kernels(cpu_kernels)
+    conv = Conv2D(16, 8, rng=rng, algorithm=algorithm)
+    x = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    y = conv.forward(x)
+    first = conv.cache.buffer
+    grad = conv.weight.grad
+    conv.backward(np.ones_like(y))
+    assert conv.weight.grad is grad                   # dW written into .grad
+    conv.forward(x[:1])                                # a smaller batch fits in the same memory
+    assert np.shares_memory(first, conv.cache.buffer)
+
+
+# -- the checks every implementation shares (api.py, checks.py) -------------------------------
+
+ALL_BACKENDS = [pytest.param("numpy", id="numpy"), *KERNEL_BACKENDS]
+
+
+def public_kernels(name):
+    if name == "numpy":
+        mv.set_cpu_kernels("numpy")
+        return kernels, np.asarray
+    return kernel_module(name)[:2]
+
+
+@pytest.mark.parametrize("backend_name", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float16, np.int32])
+def test_unsupported_dtypes_raise_a_type_error_naming_the_supported_ones(backend_name, dtype):
+    k, dev = public_kernels(backend_name)
+    x, cols = dev(np.ones((1, 2, 4, 4), dtype)), dev(np.ones((16, 18), dtype))
+    calls = {
+        "im2col": lambda: k.im2col(x, 3, 3, 1, 1),
+        "col2im": lambda: k.col2im(cols, (1, 2, 4, 4), 3, 3, 1, 1),
+        "maxpool_forward": lambda: k.maxpool_forward(x),
+        "maxpool_backward": lambda: k.maxpool_backward(dev(np.ones((1, 2, 2, 2), dtype)),
+                                                       dev(np.zeros((1, 2, 2, 2), np.uint8)),
+                                                       (1, 2, 4, 4)),
+        "relu_forward": lambda: k.relu_forward(x),
+        "relu_backward": lambda: k.relu_backward(x, dev(np.ones(x.shape, bool))),
+        "matmul": lambda: k.matmul(cols, dev(np.ones((18, 3), dtype))),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=rf"{name}: \w+ has dtype {np.dtype(dtype)}; "
+                                            "the kernels support float32 and float64"):
+            call()
+
+
+def _shape_error(kernel, name, expected, got):
+    return pytest.raises(ValueError, match=rf"{kernel}: expected {name} of shape "
+                                           rf"{re.escape(str(expected))}.*got shape "
+                                           rf"{re.escape(str(got))}")
+
+
+WRONG_X_SHAPES = [(2, 3, 6, 6), (8, 3, 6, 6), (4, 3, 5, 6), (4, 3, 6, 4), (4, 2, 6, 6)]
+
+
+@pytest.mark.parametrize("backend_name", ALL_BACKENDS)
+@pytest.mark.parametrize("wrong", WRONG_X_SHAPES,
+                         ids=["fewer", "more", "height", "width", "channels"])
+def test_backward_kernels_refuse_a_gradient_of_another_shape(backend_name, wrong, rng):
+    """A gradient shaped for another input (fewer or more images, another H x W or channel
+    count) is refused before any loop runs: a ValueError with both shapes, never a crash."""
+    k, dev = public_kernels(backend_name)
+    x = dev(rng.standard_normal((4, 3, 6, 6)))
+    other = dev(rng.standard_normal(wrong))
+    cols, dcols = k.im2col(x, 3, 3, 1, 1), k.im2col(other, 3, 3, 1, 1)
+    with _shape_error("col2im", "cols", cols.shape, dcols.shape):
+        k.col2im(dcols, x.shape, 3, 3, 1, 1)
+    out, argmax = k.maxpool_forward(x, 2, 2)
+    dout, wrong_argmax = k.maxpool_forward(other, 2, 2)
+    with _shape_error("maxpool_backward", "dout", out.shape, dout.shape):
+        k.maxpool_backward(dout, argmax, x.shape, 2, 2)
+    with _shape_error("maxpool_backward", "argmax", out.shape, dout.shape):
+        k.maxpool_backward(out, wrong_argmax, x.shape, 2, 2)
+    _, mask = k.relu_forward(x)
+    with _shape_error("relu_backward", "dout", x.shape, other.shape):
+        k.relu_backward(other, mask)
+
+
+@pytest.mark.parametrize("backend_name", ALL_BACKENDS)
+def test_bad_sizes_buffers_and_operands_are_refused(backend_name):
+    k, dev = public_kernels(backend_name)
+    x = dev(np.ones((1, 2, 4, 4)))
+    with pytest.raises(ValueError, match="im2col: a 5x5 window does not fit the 4x4 input"):
+        k.im2col(x, 5, 5, 1, 0)
+    with pytest.raises(ValueError, match="im2col: stride must be an int >= 1, got 0"):
+        k.im2col(x, 3, 3, 0, 1)
+    with pytest.raises(ValueError, match="maxpool_forward: k must be an int >= 1, got 2.5"):
+        k.maxpool_forward(x, 2.5)
+    with pytest.raises(ValueError, match=r"col2im: x_shape must be 4 non-negative ints"):
+        k.col2im(dev(np.ones((16, 18))), (1, 2, 4), 3, 3, 1, 1)
+    with pytest.raises(ValueError, match=r"matmul: a \(3, 4\) has 4 columns but b \(5, 2\)"):
+        k.matmul(dev(np.ones((3, 4))), dev(np.ones((5, 2))))
+    with pytest.raises(ValueError, match=r"matmul: out must be a C-contiguous float64 .*\(3, 2\)"):
+        k.matmul(dev(np.ones((3, 4))), dev(np.ones((4, 2))), out=dev(np.empty((2, 3))))
+    with pytest.raises(TypeError, match="matmul: expected one dtype .* a float64, b float32"):
+        k.matmul(dev(np.ones((3, 4))), dev(np.ones((4, 2), np.float32)))
+    with pytest.raises(TypeError, match="relu_backward: mask must be a boolean array"):
+        k.relu_backward(x, x)
+    with pytest.raises(TypeError, match="maxpool_backward: argmax must be an integer array"):
+        k.maxpool_backward(dev(np.ones((1, 2, 2, 2))), dev(np.ones((1, 2, 2, 2))), x.shape)

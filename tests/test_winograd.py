@@ -9,13 +9,17 @@ measure ~1e-7 - 3e-7 in practice.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import minivgg as mv
-from minivgg import kernels
+from minivgg import backend, kernels
 from minivgg.gradcheck import check_layer
-from minivgg.kernels import blas, winograd, winograd_cpu
+from minivgg.kernels import blas, winograd
 from minivgg.kernels.reference import conv2d_naive
 from minivgg.layers import Conv2D
 
@@ -26,9 +30,9 @@ SHAPES = [(2, 3, 5, 5, 4), (1, 2, 7, 6, 3), (2, 4, 1, 1, 2), (1, 3, 2, 2, 5), (2
 
 @pytest.fixture(autouse=True)
 def _restore_backend():
-    before = mv.get_backend()
+    saved = backend._cpu_kernels, backend._device
     yield
-    mv.set_backend(before)
+    backend._cpu_kernels, backend._device = saved
 
 
 def rel(a, b):
@@ -47,25 +51,26 @@ def conv_grads_reference(x, w, dout):
     return dx, dw
 
 
-@pytest.mark.parametrize("impl", [winograd, winograd_cpu], ids=["numpy", "numba"])
+@pytest.mark.parametrize("cpu_kernels", ["numpy", "numba"])
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, F32_TOL)])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_matches_im2col(rng, impl, dtype, tol, shape):
+def test_matches_im2col(rng, cpu_kernels, dtype, tol, shape):
+    mv.set_cpu_kernels(cpu_kernels)               # winograd.py or winograd_cpu.py computes
     n, c, h, w, f = shape
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((f, c, 3, 3)).astype(dtype)
     b = rng.standard_normal(f).astype(dtype)
-    y, v = impl.winograd_conv_forward(x, wt, b)
+    y, v = kernels.winograd_conv_forward(x, wt, b)
     x64, w64 = x.astype(np.float64), wt.astype(np.float64)
     assert y.dtype == dtype and v.dtype == dtype
     assert rel(y, conv2d_naive(x64, w64, b.astype(np.float64), 1, 1)) < tol
     dout = rng.standard_normal(y.shape).astype(dtype)
-    dx, dw = impl.winograd_conv_backward(dout, v, wt, x.shape)
+    dx, dw = kernels.winograd_conv_backward(dout, v, wt, x.shape)
     dx_ref, dw_ref = conv_grads_reference(x64, w64, dout.astype(np.float64))
     assert dx.dtype == dtype and dw.dtype == dtype
     assert rel(dx, dx_ref) < tol
     assert rel(dw, dw_ref) < tol
-    none, dw2 = impl.winograd_conv_backward(dout, v, wt, x.shape, input_grad=False)
+    none, dw2 = kernels.winograd_conv_backward(dout, v, wt, x.shape, input_grad=False)
     assert none is None and np.array_equal(dw, dw2)
 
 
@@ -83,15 +88,16 @@ def test_input_gradient_is_a_convolution_with_rotated_filters(rng, shape):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_numba_agrees_with_numpy(rng, dtype):
+    mv.set_cpu_kernels("numba")
     x = rng.standard_normal((3, 8, 9, 10)).astype(dtype)
     wt = rng.standard_normal((6, 8, 3, 3)).astype(dtype)
     y, v = winograd.winograd_conv_forward(x, wt)
-    y2, v2 = winograd_cpu.winograd_conv_forward(x, wt, out=np.empty_like(v))
+    y2, v2 = kernels.winograd_conv_forward(x, wt, out=np.empty_like(v))
     np.testing.assert_array_equal(v, v2)        # the input transform: same sums, same order
     tol = 1e-13 if dtype == np.float64 else 1e-6
     assert rel(y2, y) < tol
     dout = rng.standard_normal(y.shape).astype(dtype)
-    for a, b in zip(winograd_cpu.winograd_conv_backward(dout, v2, wt, x.shape),
+    for a, b in zip(kernels.winograd_conv_backward(dout, v2, wt, x.shape),
                     winograd.winograd_conv_backward(dout, v, wt, x.shape)):
         assert rel(a, b) < tol
 
@@ -164,16 +170,73 @@ def test_auto_and_errors(rng):
         Conv2D(2, 3, stride=2, algorithm="winograd")
     with pytest.raises(ValueError, match="algorithm must be"):
         Conv2D(2, 3, algorithm="fft")
-    with pytest.raises(ValueError, match="winograd_conv_forward: out must be"):
-        winograd_cpu.winograd_conv_forward(x, np.zeros((3, 16, 3, 3), np.float32),
-                                           out=np.empty((16, 4, 3), np.float32))
+    for cpu_kernels in ("numba", "numpy"):        # the check is shared: both refuse
+        mv.set_cpu_kernels(cpu_kernels)
+        with pytest.raises(ValueError, match="winograd_conv_forward: out must be"):
+            kernels.winograd_conv_forward(x, np.zeros((3, 16, 3, 3), np.float32),
+                                          out=np.empty((16, 4, 3), np.float32))
 
 
 def test_cupy_arrays_are_refused_with_a_clear_message():
     class FakeCupyArray:                            # what dispatch looks at: the module
         __module__ = "cupy._core.core"
     with pytest.raises(NotImplementedError, match="algorithm='im2col'"):
-        kernels._winograd(FakeCupyArray())
+        kernels.winograd_implementation(FakeCupyArray())
+
+
+@pytest.mark.parametrize("cpu_kernels", ["numpy", "numba"])
+def test_winograd_kernels_refuse_mismatched_arguments(rng, cpu_kernels):
+    """Gradients and tiles shaped for another input are refused, on both implementations."""
+    mv.set_cpu_kernels(cpu_kernels)
+    x, wt = rng.standard_normal((4, 3, 6, 6)), rng.standard_normal((5, 3, 3, 3))
+    y, v = kernels.winograd_conv_forward(x, wt)
+    for wrong in [(2, 5, 6, 6), (8, 5, 6, 6), (4, 5, 5, 6), (4, 5, 6, 7), (4, 4, 6, 6)]:
+        with pytest.raises(ValueError, match=rf"winograd_conv_backward: expected dout of shape "
+                                             rf"\(4, 5, 6, 6\).*got shape {re.escape(str(wrong))}"):
+            kernels.winograd_conv_backward(np.ones(wrong), v, wt, x.shape)
+    _, v_small = kernels.winograd_conv_forward(x[:2], wt)
+    with pytest.raises(ValueError, match=r"expected v of shape \(16, 36, 3\).*\(16, 18, 3\)"):
+        kernels.winograd_conv_backward(y, v_small, wt, x.shape)
+    with pytest.raises(ValueError, match=r"expected w of shape \(5, 3, 3, 3\).*\(5, 2, 3, 3\)"):
+        kernels.winograd_conv_forward(x, wt[:, :2])
+    with pytest.raises(ValueError, match=r"expected bias of shape \(5,\)"):
+        kernels.winograd_conv_forward(x, wt, np.zeros(4))
+    with pytest.raises(TypeError, match="expected one dtype .* dout float32, v float64"):
+        kernels.winograd_conv_backward(y.astype(np.float32), v, wt, x.shape)
+    with pytest.raises(TypeError, match="x has dtype float16; the kernels support float32"):
+        kernels.winograd_conv_forward(x.astype(np.float16), wt)
+
+
+@pytest.mark.parametrize("cpu_kernels", ["numpy", "numba"])
+def test_conv2d_winograd_refuses_a_gradient_of_another_shape(rng, cpu_kernels):
+    """The report of issue 12: a backward after a forward on fewer images must not crash."""
+    mv.set_cpu_kernels(cpu_kernels)
+    conv = Conv2D(16, 16, 3, padding=1, rng=rng)
+    assert conv.uses_winograd(np.zeros((1, 16, 1, 1), np.float32)) == (cpu_kernels == "numba")
+    y1 = conv.forward(rng.standard_normal((8, 16, 16, 16)).astype(np.float32))
+    y2 = conv.forward(rng.standard_normal((2, 16, 16, 16)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"Conv2D: backward: expected a gradient of shape "
+                                         r"\(2, 16, 16, 16\).*got \(8, 16, 16, 16\)"):
+        conv.backward(np.ones_like(y1))
+    assert conv.backward(np.ones_like(y2)).shape == (2, 16, 16, 16)   # the cache survived
+
+
+def test_the_reported_crash_is_a_value_error_in_a_fresh_process():
+    """Exactly the code of the report, run in its own process: it used to abort (SIGABRT)."""
+    code = """if True:
+        import numpy as np, minivgg as mv; from minivgg.layers import Conv2D
+        mv.set_backend("numba"); c = Conv2D(16, 16, 3, padding=1)
+        y1 = c.forward(np.random.rand(8,16,16,16).astype(np.float32))
+        c.forward(np.random.rand(2,16,16,16).astype(np.float32))
+        try:
+            c.backward(np.ones_like(y1))
+        except ValueError as e:
+            print("ValueError:", e)
+    """
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "ValueError: Conv2D: backward: expected a gradient of shape" in result.stdout
 
 
 def test_matmul_stack_equals_matmul_and_restores_blas_threads(rng):

@@ -1,24 +1,25 @@
-"""GEMMs for the Numba backend: worker threads share the work, every GEMM on one core.
+"""GEMMs for the Numba kernels: worker threads share the work, every GEMM on one core.
 
 Winograd's 16 products V[k] @ U[k] are independent. Given to a multi-threaded OpenBLAS one
 after another, each is split across all cores and ends in a barrier where OpenBLAS's
 threads spin; on a shared machine (more runnable threads than cores) a descheduled thread
-stalls the rest, and 16 such barriers per layer cost 5-20x (measured on the 2-vCPU EPYC
-under load 7: 16 x (1024x256 @ 256x256) took 180 ms; two threads of 8 single-threaded
-GEMMs each, 36 ms). So while ``matmul_stack`` runs, OpenBLAS is set to one thread and
-Python threads (NumPy releases the GIL in matmul) take the products in contiguous blocks.
+stalls the rest, and 16 such barriers per layer cost several times the arithmetic. So while
+``matmul_stack`` runs, OpenBLAS is set to one thread and Python threads (NumPy releases the
+GIL in matmul) take the products in contiguous blocks: several times faster on the busy
+benchmark machine (benchmarks/results/amd-epyc-2core-2026-11-24-gemm-stacks.md).
 
 One big GEMM (``matmul_rows``: im2col's products, Dense layers) is shared out the same way,
-by blocks of rows, for a second measured reason: after a multi-threaded OpenBLAS call,
-OpenBLAS's threads keep spinning for a while (its thread timeout, ~0.1 s) and take the other
-core from the Numba kernels that follow. In VGG-11-CIFAR inference every layer after the
-first convolution's im2col GEMM ran about 2x slower (forward 161 ms against 102 ms with
-``OPENBLAS_THREAD_TIMEOUT=4``, which only works when set before NumPy is imported).
+by blocks of rows, for a second reason found on the benchmark: after a multi-threaded
+OpenBLAS call, OpenBLAS's threads keep spinning for a while (its thread timeout) and take
+the other core from the Numba kernels that follow, so every layer after the first
+convolution's im2col GEMM ran slower (benchmarks/results/amd-epyc-2core-2026-11-25.md;
+``OPENBLAS_THREAD_TIMEOUT`` cures it too, but only when set before NumPy is imported).
 OpenBLAS at one thread never wakes its pool, so nothing is left spinning.
 
 OpenBLAS's thread count is reached through ctypes in the library NumPy loaded; where no
 OpenBLAS is found (MKL, Accelerate, ...) this falls back to one plain ``np.matmul``.
 Not for concurrent use from several Python threads (the BLAS setting is process-wide).
+Called through ``minivgg.kernels.matmul``, which checks the shapes and allocates ``out``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""CUDA kernels through CuPy: the functions of reference.py on the GPU, float32 and float64.
+"""CUDA kernels through CuPy: the loops behind minivgg.kernels on the GPU, float32 and float64.
 
-The layout story is the one of cpu.py (see layout.py): kernels read and write C-contiguous
-NHWC buffers and return NCHW views, so the NHWC output of a convolution's GEMM (cuBLAS,
-through ``cupy.matmul``) flows on without transposes. One thread per *output* element:
+These are the *loops* only, with the signatures of cpu.py's: api.py checks every argument,
+allocates the outputs and makes the NCHW views; a function here launches one kernel on
+arrays it trusts. As in cpu.py (see layout.py), kernels read and write C-contiguous NHWC
+buffers, so the NHWC output of a convolution's GEMM (cuBLAS, through ``cupy.matmul``) flows
+on without transposes. One thread per *output* element, in grid-stride loops:
 
 - im2col: one thread per entry of ``cols``; consecutive threads write consecutive entries.
 - col2im and max-pool backward are gathers, one thread per input pixel and channel, that sum
@@ -11,16 +13,21 @@ through ``cupy.matmul``) flows on without transposes. One thread per *output* el
 - max-pool forward keeps a compact argmax (uint8, i * k + j); the first maximum wins.
 
 CuPy is imported only when a kernel is first called, so this module imports anywhere, and
-``CUDA_SOURCE`` can be checked (compiled with nvcc) on a machine without a GPU.
+``CUDA_SOURCE`` can be checked (compiled with nvcc) on a machine without a GPU. The module
+is compiled once per process (all kernels, both dtypes) and each kernel looked up once.
 """
 
 from __future__ import annotations
 
-from minivgg.kernels.layout import as_nhwc, in_order, memory_order, nchw
-from minivgg.kernels.reference import conv_output_size
+import contextlib
 
-__all__ = ["im2col", "col2im", "maxpool_forward", "maxpool_backward",
-           "relu_forward", "relu_backward", "matmul", "CUDA_SOURCE", "KERNEL_NAMES"]
+import numpy as np
+
+from minivgg.backend import get_tf32
+
+__all__ = ["im2col_nhwc", "col2im_nhwc", "maxpool_forward_nhwc", "maxpool_backward_nhwc",
+           "relu_forward_flat", "relu_backward_flat", "matmul", "CUDA_SOURCE",
+           "KERNEL_NAMES", "MAX_POOL_WINDOW"]
 
 CUDA_SOURCE = r"""
 // Grid-stride loops over the output: `for (idx = first; idx < total; idx += stride)`.
@@ -144,26 +151,27 @@ __global__ void relu_backward_flat(const T* dout, const bool* mask, T* dx, long 
 
 KERNEL_NAMES = ("im2col_nhwc", "col2im_nhwc", "maxpool_forward_nhwc", "maxpool_backward_nhwc",
                 "relu_forward_flat", "relu_backward_flat")
+MAX_POOL_WINDOW = 16       # argmax is one byte (unsigned char): i * k + j < 256
 _CTYPES = {"float32": "float", "float64": "double"}
 _THREADS = 256
-_module = None
+_compiled: dict = {}       # "module" -> the RawModule; (name, dtype) -> its RawKernel
 
 
-def _kernel(name, dtype):
-    """The compiled kernel ``name<float|double>`` (compiled once per process, then cached)."""
-    global _module
-    import cupy
-    if dtype.name not in _CTYPES:
-        raise TypeError(f"minivgg.kernels.gpu.{name}: expected float32 or float64, got {dtype}")
-    if _module is None:
-        expressions = [f"{k}<{t}>" for k in KERNEL_NAMES for t in _CTYPES.values()]
-        _module = cupy.RawModule(code=CUDA_SOURCE, options=("-std=c++14",),
-                                 name_expressions=expressions)
-    return _module.get_function(f"{name}<{_CTYPES[dtype.name]}>")
+def _kernel(name: str, dtype):
+    """The kernel ``name<float|double>``: the module compiled once, each kernel looked up once."""
+    key = (name, np.dtype(dtype).name)
+    if key not in _compiled:
+        if "module" not in _compiled:
+            import cupy
+            expressions = [f"{k}<{t}>" for k in KERNEL_NAMES for t in _CTYPES.values()]
+            _compiled["module"] = cupy.RawModule(code=CUDA_SOURCE, options=("-std=c++14",),
+                                                 name_expressions=expressions)
+        _compiled[key] = _compiled["module"].get_function(f"{name}<{_CTYPES[key[1]]}>")
+    return _compiled[key]
 
 
-def _run(name, dtype, arrays, total, ints):
-    import numpy as np
+def _launch(name, dtype, arrays, total, ints):
+    """Run kernel ``name`` over ``total`` outputs; ``ints`` are its int parameters in order."""
     if total == 0:
         return
     blocks = int(min((total + _THREADS - 1) // _THREADS, 1 << 20))   # grid-stride beyond
@@ -171,81 +179,82 @@ def _run(name, dtype, arrays, total, ints):
     _kernel(name, dtype)((blocks,), (_THREADS,), args)
 
 
-# -- public functions: the reference's signatures -----------------------------------------------
+# -- the loops: arguments checked and outputs allocated by api.py ---------------------------
 
-def im2col(x, kh, kw, stride=1, pad=0, out=None):
-    """Receptive fields of ``x`` (N, C, H, W) as rows (N*OH*OW, C*kh*kw); see reference.py."""
+def im2col_nhwc(x, kh, kw, stride, pad, oh, ow, cols):
+    """cols (N*OH*OW, C*kh*kw) = receptive fields of x (N, H, W, C)."""
+    _, h, w, c = x.shape
+    _launch("im2col_nhwc", x.dtype, (x, cols), cols.size, (h, w, c, oh, ow, kh, kw, stride, pad))
+
+
+def col2im_nhwc(cols, kh, kw, stride, pad, oh, ow, dx):
+    """dx (N, H, W, C) = the sum of the entries of cols that read each pixel."""
+    _, h, w, c = dx.shape
+    _launch("col2im_nhwc", dx.dtype, (cols, dx), dx.size, (h, w, c, oh, ow, kh, kw, stride, pad))
+
+
+def maxpool_forward_nhwc(x, k, stride, out, argmax):
+    """out, argmax (N, OH, OW, C) = max of each k x k window of x (N, H, W, C), and where."""
+    _, h, w, c = x.shape
+    _, oh, ow, _ = out.shape
+    _launch("maxpool_forward_nhwc", x.dtype, (x, out, argmax), out.size,
+            (h, w, c, oh, ow, k, stride))
+
+
+def maxpool_backward_nhwc(dout, argmax, k, stride, dx):
+    """dx (N, H, W, C): each window's gradient routed to its maximum (a gather)."""
+    _, h, w, c = dx.shape
+    _, oh, ow, _ = dout.shape
+    _launch("maxpool_backward_nhwc", dx.dtype, (dout, argmax, dx), dx.size,
+            (h, w, c, oh, ow, k, stride))
+
+
+def relu_forward_flat(x, y, mask):
+    """y = max(x, 0), mask = x > 0, on flat arrays."""
+    _launch("relu_forward_flat", x.dtype, (x, y, mask), x.size, ())
+
+
+def relu_backward_flat(dout, mask, dx):
+    """dx = dout where mask, else 0, on flat arrays."""
+    _launch("relu_backward_flat", dx.dtype, (dout, mask, dx), dx.size, ())
+
+
+# -- GEMM: cuBLAS, with TF32 exactly when set_tf32(True) allows it --------------------------
+
+def matmul(a, b, out):
+    """out = a @ b by cuBLAS. float32 GEMMs use TF32 only while ``set_tf32(True)`` is set."""
     import cupy
-    n, c, h, w = x.shape
-    oh, ow = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
-    shape = (n * oh * ow, c * kh * kw)
-    if out is None:
-        out = cupy.empty(shape, dtype=x.dtype)
-    elif out.shape != shape or out.dtype != x.dtype or not out.flags.c_contiguous:
-        raise ValueError(f"im2col: out must be a C-contiguous {x.dtype} array of shape {shape}, "
-                         f"got {out.dtype} {out.shape}")
-    _run("im2col_nhwc", x.dtype, (as_nhwc(x), out), out.size,
-         (h, w, c, oh, ow, kh, kw, stride, pad))
-    return out
+    if a.dtype != np.float32:                   # TF32 concerns float32 inputs only
+        return cupy.matmul(a, b, out=out)
+    with _float32_compute_type(tf32=get_tf32()):
+        return cupy.matmul(a, b, out=out)
 
 
-def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
-    """Fold rows back into an image (N, C, H, W), summing overlaps; an NCHW view of NHWC."""
+_tf32_capable: dict[int, bool] = {}
+
+
+@contextlib.contextmanager
+def _float32_compute_type(tf32: bool):
+    """Within the block, float32 GEMMs run in TF32 (if ``tf32`` and the GPU has it) or not.
+
+    CuPy keeps the GEMM compute type per dtype in ``cupy._core._routines_linalg``: there is
+    no public setter (``CUPY_TF32=1`` is read once, at the first GEMM), and CuPy's own tests
+    use this one. The previous compute type is restored afterwards, so nothing leaks into
+    the user's other CuPy code.
+    """
     import cupy
-    n, c, h, w = x_shape
-    oh, ow = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
-    dx = cupy.empty((n, h, w, c), dtype=cols.dtype)
-    _run("col2im_nhwc", cols.dtype, (cupy.ascontiguousarray(cols), dx), dx.size,
-         (h, w, c, oh, ow, kh, kw, stride, pad))
-    return nchw(dx)
-
-
-def maxpool_forward(x, k=2, stride=2):
-    """Max-pooling; returns ``(out, argmax)`` as NCHW views of NHWC buffers (argmax uint8)."""
-    import cupy
-    if k * k > 256:
-        raise ValueError(f"maxpool_forward (gpu): windows up to 16x16 are supported, got {k}x{k}")
-    n, c, h, w = x.shape
-    oh, ow = conv_output_size(h, k, stride, 0), conv_output_size(w, k, stride, 0)
-    out = cupy.empty((n, oh, ow, c), dtype=x.dtype)
-    argmax = cupy.empty((n, oh, ow, c), dtype=cupy.uint8)
-    _run("maxpool_forward_nhwc", x.dtype, (as_nhwc(x), out, argmax), out.size,
-         (h, w, c, oh, ow, k, stride))
-    return nchw(out), nchw(argmax)
-
-
-def maxpool_backward(dout, argmax, x_shape, k=2, stride=2):
-    """Route each window's gradient to its maximum (a gather over windows); NCHW view."""
-    import cupy
-    n, c, h, w = x_shape
-    _, _, oh, ow = dout.shape
-    dx = cupy.empty((n, h, w, c), dtype=dout.dtype)
-    _run("maxpool_backward_nhwc", dout.dtype,
-         (as_nhwc(dout), as_nhwc(argmax.astype(cupy.uint8, copy=False)), dx), dx.size,
-         (h, w, c, oh, ow, k, stride))
-    return nchw(dx)
-
-
-def relu_forward(x):
-    """``(max(x, 0), x > 0)`` in one pass over memory; outputs keep the layout of ``x``."""
-    import cupy
-    flat, restore, _ = memory_order(x)
-    y = cupy.empty_like(flat)
-    mask = cupy.empty(flat.shape, dtype=cupy.bool_)
-    _run("relu_forward_flat", x.dtype, (flat, y, mask), flat.size, ())
-    return restore(y), restore(mask)
-
-
-def relu_backward(dout, mask):
-    """``dout * [x > 0]`` in one pass over memory; keeps the layout of ``dout``."""
-    import cupy
-    flat, restore, perm = memory_order(dout)
-    dx = cupy.empty_like(flat)
-    _run("relu_backward_flat", dout.dtype, (flat, in_order(mask, perm), dx), flat.size, ())
-    return restore(dx)
-
-
-def matmul(a, b, out=None):
-    """``a @ b`` by cuBLAS (float32 in TF32 only where set_tf32(True) allowed it)."""
-    import cupy
-    return cupy.matmul(a, b, out=out)
+    from cupy._core import _routines_linalg as linalg
+    device = cupy.cuda.Device().id
+    if device not in _tf32_capable:               # TF32 needs compute capability >= 8.0
+        _tf32_capable[device] = int(cupy.cuda.Device().compute_capability) >= 80
+    wanted = (linalg.COMPUTE_TYPE_TF32 if tf32 and _tf32_capable[device]
+              else linalg.COMPUTE_TYPE_DEFAULT)
+    previous = linalg.get_compute_type(np.float32)
+    if previous == wanted:
+        yield
+        return
+    linalg.set_compute_type(np.float32, wanted)
+    try:
+        yield
+    finally:
+        linalg.set_compute_type(np.float32, previous)

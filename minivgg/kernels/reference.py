@@ -1,7 +1,8 @@
 """Reference kernels in plain NumPy: the specification every backend must agree with.
 
 These are written to be read. The Numba (cpu.py) and CuPy (gpu.py) kernels compute the
-same functions faster; tests check them against these.
+same functions faster; tests check them against these. Called through minivgg.kernels
+(api.py) they get checked arguments; called directly, they trust theirs.
 
 Layouts
 -------
@@ -40,11 +41,11 @@ def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0, out=None):
     n, c, h, w = x.shape
     oh = conv_output_size(h, kh, stride, pad)
     ow = conv_output_size(w, kw, stride, pad)
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
     cols = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, i, j] = xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+            cols[:, :, i, j] = padded[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
     # (N, C, kh, kw, OH, OW) -> (N, OH, OW, C, kh, kw) -> rows of receptive fields
     rows = cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, c * kh * kw)
     if out is None:
@@ -65,11 +66,11 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
     oh = conv_output_size(h, kh, stride, pad)
     ow = conv_output_size(w, kw, stride, pad)
     cols = cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)
-    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
+    padded = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += cols[:, :, i, j]
-    return xp[:, :, pad:pad + h, pad:pad + w]
+            padded[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += cols[:, :, i, j]
+    return padded[:, :, pad:pad + h, pad:pad + w]
 
 
 def maxpool_forward(x, k: int = 2, stride: int = 2):
@@ -110,7 +111,7 @@ def matmul(a, b, out=None):
     """The matrix product ``a @ b`` of 2-D arrays, into ``out`` if given: NumPy's BLAS GEMM.
 
     Every convolution and Dense layer reduces to this; it goes through the kernels so that
-    the Numba backend can schedule its threads (blas.py).
+    the Numba kernels can schedule their threads (blas.py) and the GPU can apply TF32.
     """
     return np.matmul(a, b, out=out)
 
@@ -135,19 +136,19 @@ def relu_backward(dout, mask):
 def conv2d_naive(x, weight, bias=None, stride: int = 1, pad: int = 0):
     """Convolution (cross-correlation, as in every deep-learning library) by plain loops.
 
-    out[n, f, y, x] = bias[f] + sum_{c,i,j} weight[f, c, i, j] * xpad[n, c, y*s + i, x*s + j]
+    out[n, f, y, x] = bias[f] + sum_{c,i,j} weight[f, c, i, j] * padded[n, c, y*s + i, x*s + j]
     """
     n, c, h, w = x.shape
     f, _, kh, kw = weight.shape
     oh = conv_output_size(h, kh, stride, pad)
     ow = conv_output_size(w, kw, stride, pad)
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     out = np.zeros((n, f, oh, ow), dtype=x.dtype)
     for b in range(n):
         for o in range(f):
             for y in range(oh):
                 for z in range(ow):
-                    patch = xp[b, :, y * stride:y * stride + kh, z * stride:z * stride + kw]
+                    patch = padded[b, :, y * stride:y * stride + kh, z * stride:z * stride + kw]
                     out[b, o, y, z] = np.sum(patch * weight[o])
             if bias is not None:
                 out[b, o] += bias[o]

@@ -78,9 +78,9 @@ def transform_input(x):
     """V = Bᵀ d B for every 4x4 tile d (stride 2) and channel: (N, C, H, W) -> (16, T, C)."""
     n, c, h, w = x.shape
     th, tw = tile_grid(h, w)
-    xp = np.zeros((n, c, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)   # padding 1, grid padded
-    xp[:, :, 1:h + 1, 1:w + 1] = x
-    d = sliding_window_view(xp, (4, 4), axis=(2, 3))[:, :, ::2, ::2]   # (N, C, th, tw, 4, 4)
+    padded = np.zeros((n, c, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)   # padding 1, grid too
+    padded[:, :, 1:h + 1, 1:w + 1] = x
+    d = sliding_window_view(padded, (4, 4), axis=(2, 3))[:, :, ::2, ::2]   # (N, C, th, tw, 4, 4)
     bt = BT.astype(x.dtype)
     v = bt @ d @ bt.T
     return v.transpose(4, 5, 0, 2, 3, 1).reshape(16, n * th * tw, c)
@@ -131,8 +131,8 @@ def winograd_conv_backward(dout, v, w, x_shape, input_grad=True):
     dv = dm @ transform_filters(w).transpose(0, 2, 1)              # (16, T, C)
     dv = dv.reshape(4, 4, n, th, tw, c).transpose(2, 5, 3, 4, 0, 1)   # (N, C, th, tw, 4, 4)
     dd = bt.T @ dv @ bt
-    dxp = np.zeros((n, c, 2 * th + 2, 2 * tw + 2), dtype=v.dtype)
+    dpadded = np.zeros((n, c, 2 * th + 2, 2 * tw + 2), dtype=v.dtype)
     for i in range(4):            # the adjoint of taking tiles: overlapping tiles add up
         for j in range(4):
-            dxp[:, :, i:i + 2 * th:2, j:j + 2 * tw:2] += dd[..., i, j]
-    return dxp[:, :, 1:h + 1, 1:wd + 1], dw
+            dpadded[:, :, i:i + 2 * th:2, j:j + 2 * tw:2] += dd[..., i, j]
+    return dpadded[:, :, 1:h + 1, 1:wd + 1], dw

@@ -1,9 +1,12 @@
 """Winograd F(2x2, 3x3) convolution on the CPU: the transforms in Numba, the GEMMs in BLAS.
 
-Same functions, same results (to rounding) as winograd.py, whose docstring has the math.
-The five transforms below are compiled loops over C-contiguous NHWC memory (layout.py);
-the 16 matrix products in between are BLAS GEMMs on (16, T, .) stacks, shared out among
-threads as whole GEMMs (blas.py: far faster than 16 multi-threaded GEMMs on a busy machine).
+The same computation, and the same results (to rounding), as winograd.py, whose docstring
+has the math. As in cpu.py, these are the loops only: api.py checks the arguments and
+allocates what is returned (y, V, dx, dw); ``winograd_forward`` and ``winograd_backward``
+run the stages on arrays they trust. The five transforms are compiled loops over
+C-contiguous NHWC memory (layout.py); the 16 matrix products in between are BLAS GEMMs on
+(16, T, .) stacks, shared out among threads as whole GEMMs (blas.py: faster on a busy
+machine than 16 multi-threaded GEMMs).
 
 - Tiles are numbered row = (n, ty, tx); the innermost loop of every transform runs over
   channels, which are contiguous in NHWC images and in the (16, T, C) tile stacks alike.
@@ -11,26 +14,25 @@ threads as whole GEMMs (blas.py: far faster than 16 multi-threaded GEMMs on a bu
   zero-padded strip (per thread, in cache), so the arithmetic has no border cases.
 - The input gradient is a gather: each pixel sums (B dV Bᵀ)[i, j] over the (at most four)
   tiles that cover it, so no two threads write the same place.
-- The GEMM outputs M, dM and dV are scratch buffers reused from call to call (one set per
-  thread): fresh 30 MB arrays cost page faults every step.
+- The filter transform U and the GEMM outputs M, dM, dU and dV never leave a call: they
+  live in the thread's workspace (workspace.py), reused from call to call, because fresh
+  arrays of tens of megabytes cost page faults every step.
 - No fastmath (it would let LLVM reorder sums).
 """
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 from numba import njit, prange
 
 from minivgg.backend import configure_numba_threads
 from minivgg.kernels.blas import matmul_stack
-from minivgg.kernels.layout import as_nhwc, nchw
-from minivgg.kernels.winograd import applies, tile_grid
+from minivgg.kernels.winograd import tile_grid
+from minivgg.kernels.workspace import thread_workspace
 
 configure_numba_threads()
 
-__all__ = ["winograd_conv_forward", "winograd_conv_backward", "applies"]
+__all__ = ["winograd_forward", "winograd_backward"]
 
 
 @njit(inline="always")
@@ -213,64 +215,43 @@ def _input_grad_gather(dv, th, tw, bmat, dx):
                                     dx[b, y, z, ch] += coef * dv[4 * k + l, row, ch]
 
 
-# -- scratch buffers and public functions --------------------------------------------------
-
-_local = threading.local()
-
-
-def _scratch(name, shape, dtype):
-    """A reusable buffer for an intermediate that never leaves the call (per thread)."""
-    bufs = _local.__dict__.setdefault("bufs", {})
-    size = int(np.prod(shape))
-    buf = bufs.get((name, np.dtype(dtype)))
-    if buf is None or buf.size < size:
-        buf = bufs[(name, np.dtype(dtype))] = np.empty(size, dtype=dtype)
-    return buf[:size].reshape(shape)
-
+# -- the two passes: arguments checked and results allocated by api.py ---------------------
 
 def _filters(w):
+    """U (16, C, F) = G g Gᵀ of every filter, in the thread's workspace."""
     f, c = w.shape[:2]
-    u = _scratch("U", (16, c, f), w.dtype)
-    _filter_transform(np.ascontiguousarray(w), u)
+    u = thread_workspace().buffer("winograd.U", (16, c, f), w.dtype)
+    _filter_transform(w, u)
     return u
 
 
-def winograd_conv_forward(x, w, bias=None, out=None):
-    """``(y, V)`` as in winograd.py; y is an NCHW view of NHWC memory.
+def winograd_forward(x, w, bias, v, y):
+    """y (N, H, W, F) = conv(x, w) + bias, and V (16, T, C) the input tiles backward needs.
 
-    ``out``, if given, is a (16, T, C) buffer for V (a layer reuses last step's).
+    x (N, H, W, C) and w (F, C, 3, 3) C-contiguous; bias (F,); v and y written in full.
     """
-    n, c, h, wd = x.shape
+    n, h, wd, _ = x.shape
     f = w.shape[0]
     th, tw = tile_grid(h, wd)
-    shape = (16, n * th * tw, c)
-    if out is not None and (out.shape != shape or out.dtype != x.dtype):
-        raise ValueError(f"winograd_conv_forward: out must be a {x.dtype} array of shape "
-                         f"{shape}, got {out.dtype} {out.shape}")
-    v = np.empty(shape, dtype=x.dtype) if out is None else out
-    _input_transform(as_nhwc(x), th, tw, v)
-    m = matmul_stack(v, _filters(w), _scratch("M", (16, n * th * tw, f), x.dtype))
-    y = np.empty((n, h, wd, f), dtype=x.dtype)
-    b = np.zeros(f, dtype=x.dtype) if bias is None else bias
-    _output_transform(m, b, th, tw, y)
-    return nchw(y), v
+    _input_transform(x, th, tw, v)
+    m = thread_workspace().buffer("winograd.M", (16, n * th * tw, f), x.dtype)
+    matmul_stack(v, _filters(w), m)
+    _output_transform(m, bias, th, tw, y)
 
 
-def winograd_conv_backward(dout, v, w, x_shape, input_grad=True):
-    """``(dx, dw)`` as in winograd.py; dx is an NCHW view of NHWC memory (or None)."""
-    n, c, h, wd = x_shape
-    f = w.shape[0]
+def winograd_backward(dout, v, w, dw, dx):
+    """dw (F, C, 3, 3) and, unless ``dx`` is None, dx (N, H, W, C), from dout (N, H, W, F)."""
+    n, h, wd, f = dout.shape
+    c = v.shape[2]
     th, tw = tile_grid(h, wd)
-    dm = _scratch("dM", (16, n * th * tw, f), v.dtype)
-    _output_grad_transform(as_nhwc(dout), th, tw, dm)
-    du = matmul_stack(v.transpose(0, 2, 1), dm, _scratch("dU", (16, c, f), v.dtype))
-    dw = np.empty((f, c, 3, 3), dtype=v.dtype)
+    scratch = thread_workspace()
+    dm = scratch.buffer("winograd.dM", (16, n * th * tw, f), v.dtype)
+    _output_grad_transform(dout, th, tw, dm)
+    du = scratch.buffer("winograd.dU", (16, c, f), v.dtype)
+    matmul_stack(v.transpose(0, 2, 1), dm, du)
     _filter_grad_transform(du, dw)
-    if not input_grad:
-        return None, dw
-    dv = matmul_stack(dm, _filters(w).transpose(0, 2, 1),
-                      _scratch("dV", (16, n * th * tw, c), v.dtype))
-    dx = np.empty((n, h, wd, c), dtype=v.dtype)
+    if dx is None:
+        return
+    dv = scratch.buffer("winograd.dV", (16, n * th * tw, c), v.dtype)
+    matmul_stack(dm, _filters(w).transpose(0, 2, 1), dv)
     _input_grad_gather(dv, th, tw, _B.astype(v.dtype), dx)
-    return nchw(dx), dw
-

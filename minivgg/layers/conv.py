@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from minivgg import kernels
+from minivgg.backend import get_array_module
 from minivgg.kernels.winograd import applies as winograd_applies
+from minivgg.kernels.winograd import tile_grid
 from minivgg.layers.base import Layer, Parameter, he_normal
+
+ALGORITHMS = ("im2col", "winograd", "auto")
+
+
+class _Cache(NamedTuple):
+    """What backward needs: the algorithm, its buffer (cols or tiles), both shapes."""
+
+    algorithm: str
+    buffer: object          # im2col's cols (N*OH*OW, C*k*k), or Winograd's tiles V (16, T, C)
+    x_shape: tuple
+    y_shape: tuple          # the gradient backward accepts has this shape
+
+
+def _positive_int(name, value):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"Conv2D: {name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class Conv2D(Layer):
@@ -31,63 +52,62 @@ class Conv2D(Layer):
 
     ``padding`` is an integer or "same" (keeps H and W at stride 1 for odd kernels).
     Weights start He-normal with fan-out F*kh*kw (as torchvision), biases at zero.
+    ``training`` changes nothing here: a convolution computes the same in both modes.
 
     ``input_grad = False`` skips ``dcols`` and ``col2im`` (a third of the layer's backward)
     and makes ``backward`` return None: right for the first layer of a network, whose input
     is the data and needs no gradient.
 
     Layout: ``Y`` is NHWC memory, returned as an NCHW *view* (no transpose is copied); the
-    kernels read such views directly. Backward writes ``dcols`` into the cached ``cols``
-    buffer, which is no longer needed once ``dWm`` is computed, and the next training
-    forward writes its ``cols`` into the same buffer (fresh 38 MB arrays cost page faults).
+    kernels read such views directly. ``cols`` lives in the layer's workspace
+    (kernels/workspace.py): backward writes ``dcols`` over it, once ``dWm`` is computed, and
+    the next forward writes its ``cols`` into the same memory (fresh arrays of tens of
+    megabytes would cost page faults every step).
 
     ``algorithm``: "im2col" (the above, for every convolution), "winograd" (F(2x2, 3x3),
     kernels/winograd.py: 2.25x fewer multiplications, for 3x3 stride-1 padding-1 only; NumPy
-    arrays only), or "auto" (the default: Winograd where it applies on the Numba backend with
-    >= 16 input channels, where it is measured faster; im2col elsewhere). Both agree to
-    rounding; Winograd caches its transformed input tiles instead of ``cols``.
+    arrays only), or "auto" (the default: Winograd where it applies with the Numba kernels
+    and >= 16 input channels, where it is faster on the benchmark; im2col elsewhere). Both
+    agree to rounding; Winograd keeps its transformed input tiles instead of ``cols``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  stride: int = 1, padding: int | str = 1, bias: bool = True,
                  rng: np.random.Generator | None = None, dtype=np.float32,
                  algorithm: str = "auto"):
-        if padding == "same":
-            if kernel_size % 2 == 0:
-                raise ValueError(f"Conv2D: padding='same' needs an odd kernel_size, "
-                                 f"got {kernel_size}")
-            padding = kernel_size // 2
-        if not isinstance(padding, (int, np.integer)) or padding < 0:
-            raise ValueError(f"Conv2D: padding must be a non-negative int or 'same', "
-                             f"got {padding!r}")
-        if stride < 1 or kernel_size < 1:
-            raise ValueError(f"Conv2D: kernel_size and stride must be >= 1, "
-                             f"got {kernel_size} and {stride}")
-        if algorithm not in ("im2col", "winograd", "auto"):
+        self.in_channels = _positive_int("in_channels", in_channels)
+        self.out_channels = _positive_int("out_channels", out_channels)
+        self.kernel_size = k = _positive_int("kernel_size", kernel_size)
+        self.stride = _positive_int("stride", stride)
+        self.padding = self._padding(padding, k)
+        if algorithm not in ALGORITHMS:
             raise ValueError(f"Conv2D: algorithm must be 'im2col', 'winograd' or 'auto', "
                              f"got {algorithm!r}")
-        if algorithm == "winograd" and not winograd_applies(kernel_size, stride, padding):
+        if algorithm == "winograd" and not winograd_applies(k, self.stride, self.padding):
             raise ValueError(f"Conv2D: algorithm='winograd' needs kernel_size=3, stride=1, "
-                             f"padding=1, got {kernel_size}, {stride}, {padding}")
+                             f"padding=1, got {k}, {self.stride}, {self.padding}")
         self.algorithm = algorithm
         rng = np.random.default_rng() if rng is None else rng
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, int(padding)
-        k = kernel_size
-        self.weight = Parameter(he_normal((out_channels, in_channels, k, k),
-                                          fan=out_channels * k * k, rng=rng, dtype=dtype))
-        self.bias = Parameter(np.zeros(out_channels, dtype=dtype), decay=False) if bias else None
+        f, c = self.out_channels, self.in_channels
+        self.weight = Parameter(he_normal((f, c, k, k), fan=f * k * k, rng=rng, dtype=dtype),
+                                name="Conv2D.weight")
+        self.bias = (Parameter(np.zeros(f, dtype=dtype), decay=False, name="Conv2D.bias")
+                     if bias else None)
         self.input_grad = True
         self.cache = None
-        self._cols = None     # the im2col (or Winograd tile) buffer of the last step, reused
+        self._workspace = kernels.Workspace()     # cols (or tiles), reused step to step
 
-    def _buffer(self, x, shape):
-        """The last step's buffer if it fits (and is free), else None (kernels allocate)."""
-        buf = self._cols
-        if (buf is None or buf.shape != shape or buf.dtype != x.dtype
-                or type(buf) is not type(x) or self.cache is not None):
-            return None
-        return buf
+    @staticmethod
+    def _padding(padding, k) -> int:
+        if padding == "same":
+            if k % 2 == 0:
+                raise ValueError(f"Conv2D: padding='same' needs an odd kernel_size, got {k}")
+            return k // 2
+        if not isinstance(padding, (int, np.integer)) or isinstance(padding, bool) \
+                or padding < 0:
+            raise ValueError(f"Conv2D: padding must be a non-negative int or 'same', "
+                             f"got {padding!r}")
+        return int(padding)
 
     def uses_winograd(self, x) -> bool:
         """Whether forward(x) runs Winograd F(2x2, 3x3) rather than im2col."""
@@ -103,10 +123,20 @@ class Conv2D(Layer):
         return (self.out_channels, kernels.conv_output_size(h, k, s, p),
                 kernels.conv_output_size(w, k, s, p))
 
-    def forward(self, x, training=True):
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, x, training=None):
+        self._check_forward_input(x)
+        if self.uses_winograd(x):
+            y, cache = self._forward_winograd(x)
+        else:
+            y, cache = self._forward_im2col(x)
+        self._keep(cache)
+        return y
+
+    def _check_forward_input(self, x):
         self._check_input(x, 4, "(N, C, H, W)")
-        n, c, h, w = x.shape
-        k, s, p = self.kernel_size, self.stride, self.padding
+        _, c, h, w = x.shape
+        k, p = self.kernel_size, self.padding
         if c != self.in_channels:
             self._fail(f"expected {self.in_channels} input channels, got input of shape "
                        f"{tuple(x.shape)} with {c}")
@@ -114,52 +144,72 @@ class Conv2D(Layer):
             self._fail(f"kernel {k}x{k} is larger than the padded input {h + 2 * p}x{w + 2 * p} "
                        f"(input {h}x{w}, padding {p})")
         self._check_dtype(x, self.weight.data)
-        bias = None if self.bias is None else self.bias.data
-        if self.uses_winograd(x):
-            tiles = (16, n * ((h + 1) // 2) * ((w + 1) // 2), c)   # V (16, T, C)
-            y, v = kernels.winograd_conv_forward(x, self.weight.data, bias,
-                                                 out=self._buffer(x, tiles))
-            if training:
-                self.cache, self._cols = ("winograd", v, x.shape), v
-            return y
-        _, oh, ow = self.output_shape((c, h, w))
-        rows = (n * oh * ow, c * k * k)
-        cols = kernels.im2col(x, k, k, s, p, out=self._buffer(x, rows))  # (N*OH*OW, C*k*k)
-        wm = self.weight.data.reshape(self.out_channels, -1)       # (F, C*k*k)
-        y = kernels.matmul(cols, wm.T)                             # (N*OH*OW, F)
-        if bias is not None:
-            y += bias
-        if training:
-            self.cache = ("im2col", cols, x.shape)
-            self._cols = cols
-        # NHWC rows -> NCHW view: no copy here; the next layer reads it through strides
-        return y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
 
-    def backward(self, dout):
-        algorithm, cols, x_shape = self._cached(self.cache)
-        self.cache = None
+    def _buffer(self, key, shape, x):
+        return self._workspace.buffer(key, shape, x.dtype, get_array_module(x))
+
+    def _forward_im2col(self, x):
+        """Y = im2col(x) @ Wm.T + bias, returned as the NCHW view of the NHWC rows."""
+        n, c, _, _ = x.shape
         k, s, p, f = self.kernel_size, self.stride, self.padding, self.out_channels
-        dy = dout.transpose(0, 2, 3, 1).reshape(-1, f)         # (N*OH*OW, F): free if NHWC
+        _, oh, ow = self.output_shape(x.shape[1:])
+        cols = kernels.im2col(x, k, k, s, p,
+                              out=self._buffer("cols", (n * oh * ow, c * k * k), x))
+        y = kernels.matmul(cols, self.weight.data.reshape(f, -1).T)    # (N*OH*OW, F)
         if self.bias is not None:
-            self.bias.grad[...] = dy.sum(axis=0)
-        if algorithm == "winograd":                              # cols holds the tiles V
-            dx, dw = kernels.winograd_conv_backward(dout, cols, self.weight.data, x_shape,
-                                                    self.input_grad)
-            self.weight.grad[...] = dw
-            return dx
-        wm = self.weight.data.reshape(f, -1)
-        grad = self.weight.grad
-        if grad.flags.c_contiguous:                              # dWm = dY.T @ cols, in place
-            kernels.matmul(dy.T, cols, out=grad.reshape(f, -1))
+            y += self.bias.data
+        y = y.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)   # a view: the next layer reads it
+        return y, _Cache("im2col", cols, tuple(x.shape), tuple(y.shape))
+
+    def _forward_winograd(self, x):
+        """y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A for every tile (kernels/winograd.py)."""
+        n, c, h, w = x.shape
+        th, tw = tile_grid(h, w)
+        tiles = self._buffer("tiles", (16, n * th * tw, c), x)
+        bias = None if self.bias is None else self.bias.data
+        y, v = kernels.winograd_conv_forward(x, self.weight.data, bias, out=tiles)
+        return y, _Cache("winograd", v, tuple(x.shape), tuple(y.shape))
+
+    # -- backward --------------------------------------------------------------------------
+    def backward(self, dout):
+        cache = self._cached(self.cache)
+        self._check_grad(dout, cache.y_shape)
+        if dout.dtype != self.weight.data.dtype:
+            self._fail(f"backward: expected a gradient of dtype {self.weight.data.dtype} (the "
+                       f"dtype forward returned), got {dout.dtype}", TypeError)
+        self.cache = None
+        dy = dout.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)  # free if NHWC memory
+        if self.bias is not None:
+            self.bias.grad[...] = dy.sum(axis=0)                          # dbias = dY summed
+        if cache.algorithm == "winograd":
+            return self._backward_winograd(dout, cache)
+        return self._backward_im2col(dy, cache)
+
+    def _backward_im2col(self, dy, cache):
+        """dWm = dY.T @ cols (into .grad), then dx = col2im(dY @ Wm) (dcols over cols)."""
+        k, s, p, f = self.kernel_size, self.stride, self.padding, self.out_channels
+        cols, grad = cache.buffer, self.weight.grad
+        if grad.flags.c_contiguous:
+            kernels.matmul(dy.T, cols, out=grad.reshape(f, -1))          # in place
         else:
             grad[...] = kernels.matmul(dy.T, cols).reshape(grad.shape)
         if not self.input_grad:
             return None
-        dcols = kernels.matmul(dy, wm, out=cols if cols.flags.c_contiguous else None)
-        return kernels.col2im(dcols, x_shape, k, k, s, p)
+        dcols = kernels.matmul(dy, self.weight.data.reshape(f, -1), out=cols)
+        return kernels.col2im(dcols, cache.x_shape, k, k, s, p)
+
+    def _backward_winograd(self, dout, cache):
+        """dW = Gᵀ (Vᵀ dM) G and dx from dM = A dY Aᵀ (kernels/winograd.py)."""
+        dx, dw = kernels.winograd_conv_backward(dout, cache.buffer, self.weight.data,
+                                                cache.x_shape, self.input_grad)
+        self.weight.grad[...] = dw
+        return dx
+
+    def to(self, device: str):
+        self._workspace.clear()             # buffers on the old device are of no more use
+        return super().to(device)
 
     def __repr__(self):
         algo = "" if self.algorithm == "auto" else f", algorithm={self.algorithm!r}"
         return (f"Conv2D({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}{algo})")
-
