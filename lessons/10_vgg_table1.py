@@ -152,6 +152,6 @@ say("""
     At 32 x 32 five poolings leave a 1 x 1 map of 512 * width channels, so the head is one
     Dense layer (512 -> 10 at width 1): the 120 M parameters of the ImageNet head vanish.
     Width 0.25 divides the channels by 4, so each convolution's C_in x C_out weights by
-    16. These are the networks lessons 12-14 train.
+    16. These are the networks lessons 12-16 train.
 """)
 done()

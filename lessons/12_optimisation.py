@@ -75,7 +75,7 @@ def train_plain(model, opt, images, labels, epochs, augment=None, schedule=None,
             x = normalize(x)
             if schedule is not None:                    # t = epochs done, fractional
                 opt.lr = schedule.lr(epoch + i / steps_per_epoch)
-            logits = model.forward(x, training=True)    # 1. forward, keeping caches
+            logits = model.forward(x)                   # 1. forward (in training mode)
             loss = loss_fn.forward(logits, labels[idx])  # 2. loss (a number)
             model.backward(loss_fn.backward())          # 3. backward: fills every .grad
             opt.step()                                  # 4. update every parameter
@@ -122,7 +122,7 @@ opt_a, opt_b = SGD(twin_a, lr=0.05), SGD(twin_b, lr=0.05)
 xb, yb = normalize(ds.train_images[:BATCH]), ds.train_labels[:BATCH]
 loss_fn = SoftmaxCrossEntropy()
 twin_a.train()
-loss_fn.forward(twin_a.forward(xb, training=True), yb)
+loss_fn.forward(twin_a.forward(xb), yb)
 twin_a.backward(loss_fn.backward())
 opt_a.step()
 train_step(twin_b, opt_b, xb, yb)                       # the package's one step

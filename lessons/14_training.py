@@ -1,9 +1,9 @@
-"""Lesson 12 -- training a small VGG: sanity checks first, then a short run with curves.
+"""Lesson 14 -- training a small VGG: sanity checks first, then a short run with curves.
 
-    python lessons/12_training.py
+    python lessons/14_training.py
 
-Saves the run (config.json, metrics.csv, last.npz, best.npz) in <out>/12_training/run/,
-which lesson 13 reuses; `minivgg eval <that folder>` evaluates it too.
+Saves the run (config.json, metrics.csv, last.npz, best.npz) in <out>/14_training/run/,
+which lessons 15 and 16 reuse; `minivgg eval <that folder>` evaluates it too.
 """
 
 import math
@@ -35,10 +35,10 @@ from minivgg.run import DEFAULTS, build_run, make_optimizer
 from minivgg.train import Trainer, evaluate, train_step
 
 FIGURES = ["overfit_one_batch.png", "curves.png"]
-OUT = out_dir("12_training")
+OUT = out_dir("14_training")
 RUN = OUT / "run"
 
-title("Lesson 12: training a small VGG on CIFAR-10")
+title("Lesson 14: training a small VGG")
 backend = mv.set_backend("numba")   # on the CPU; on a GPU: minivgg train --backend cupy
 full = load_images()
 n_train, n_test, epochs = (384, 256, 2) if FAST else (4096, 1017, 4)

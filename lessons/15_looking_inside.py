@@ -1,8 +1,8 @@
-"""Lesson 13 -- looking inside a trained VGG: filters, feature maps, confusions, mistakes.
+"""Lesson 15 -- looking inside a trained VGG: filters, feature maps, confusions, mistakes.
 
-    python lessons/13_looking_inside.py
+    python lessons/15_looking_inside.py
 
-Uses lesson 12's checkpoint (<out>/12_training/run/best.npz) when it exists; otherwise
+Uses lesson 14's checkpoint (<out>/14_training/run/best.npz) when it exists; otherwise
 trains a small network briefly first, with the same recipe.
 """
 
@@ -23,20 +23,20 @@ from minivgg.run import DEFAULTS, build_run, make_model, model_from_checkpoint, 
 from minivgg.train import Trainer, evaluate
 
 FIGURES = ["filters.png", "feature_maps.png", "confusion.png", "mistakes.png"]
-OUT = out_dir("13_looking_inside")
-CHECKPOINT = OUT.parent / "12_training" / "run" / "best.npz"
+OUT = out_dir("15_looking_inside")
+CHECKPOINT = OUT.parent / "14_training" / "run" / "best.npz"
 
-title("Lesson 13: what the network learned")
+title("Lesson 15: what the network learned")
 mv.set_backend("numba")   # on the CPU, like every lesson (lesson 11 compares backends)
 ds = load_images()
 if CHECKPOINT.is_file():
     ckpt = read_checkpoint(CHECKPOINT)
     model, config = model_from_checkpoint(ckpt), saved_config(ckpt.facts.config)
     normalize = Normalize(**ckpt.facts.normalize)
-    print(f"   loaded lesson 12's network from {CHECKPOINT} (after epoch "
+    print(f"   loaded lesson 14's network from {CHECKPOINT} (after epoch "
           f"{ckpt.progress.epoch})")
 else:
-    print(f"   no checkpoint at {CHECKPOINT} (run lesson 12 first to reuse it); training a "
+    print(f"   no checkpoint at {CHECKPOINT} (run lesson 14 first to reuse it); training a "
           "small network briefly instead:")
     n_train, epochs = (384, 2) if FAST else (1536, 3)
     small = Dataset(ds.name, ds.train_images[:n_train], ds.train_labels[:n_train],

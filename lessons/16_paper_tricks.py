@@ -1,7 +1,7 @@
-"""Lesson 14 -- the paper's tricks: LRN (A vs A-LRN), initialising D from a trained A,
+"""Lesson 16 -- the paper's tricks: LRN (A vs A-LRN), initialising D from a trained A,
 and dense evaluation of an image larger than the training crops.
 
-    python lessons/14_paper_tricks.py
+    python lessons/16_paper_tricks.py
 """
 
 import time
@@ -18,9 +18,9 @@ from minivgg.run import model_from_checkpoint
 from minivgg.train import evaluate, train_step
 
 FIGURES = ["lrn_scale.png", "init_from_a.png", "dense_evaluation.png"]
-OUT = out_dir("14_paper_tricks")
+OUT = out_dir("16_paper_tricks")
 
-title("Lesson 14: three tricks from the VGG paper, measured")
+title("Lesson 16: three tricks from the VGG paper, measured")
 mv.set_backend("numba")   # on the CPU, like every lesson (lesson 11 compares backends)
 ds = load_images()
 n_train, n_test, epochs = (256, 128, 1) if FAST else (2048, 1017, 2)
@@ -126,12 +126,12 @@ say("""
 """)
 
 section("Dense evaluation: the classifier as convolutions")
-CHECKPOINT = OUT.parent / "12_training" / "run" / "best.npz"
-if CHECKPOINT.is_file():                       # lesson 12's network was trained for longer
+CHECKPOINT = OUT.parent / "14_training" / "run" / "best.npz"
+if CHECKPOINT.is_file():                       # lesson 14's network was trained for longer
     ckpt = read_checkpoint(CHECKPOINT)
     model_a = model_from_checkpoint(ckpt)
     normalize = Normalize(**ckpt.facts.normalize)
-    print(f"   using lesson 12's VGG-A ({CHECKPOINT})")
+    print(f"   using lesson 14's VGG-A ({CHECKPOINT})")
 dense = to_dense_eval(model_a)
 print("   to_dense_eval(A): the Dense head becomes a convolution; the network now takes any "
       "size:")
