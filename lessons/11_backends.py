@@ -3,9 +3,11 @@
     python lessons/11_backends.py
 """
 
+# %%
 import os
 import subprocess
 import sys
+import textwrap
 import time
 
 from _common import FAST, done, np, out_dir, plt, save, say, section, timed, title
@@ -43,12 +45,14 @@ for name in ("numpy", "numba"):
           f"{kernels.implementation(x).__name__}")
 problem = cupy_problem()
 has_gpu = problem is None
-print("   CuPy: " + ("usable, a GPU is present" if has_gpu else
-                     f"not usable here ({problem[0]}): {problem[1][:90]}..."))
+print(textwrap.fill("CuPy: " + ("usable, a GPU is present" if has_gpu else
+                                f"not usable here ({problem[0]}): {problem[1]}"),
+                    width=92, initial_indent="   ", subsequent_indent="     "))
 print(f"   set_backend('auto') chooses {mv.set_backend('auto')!r} on this machine "
       "(CuPy if it works, else Numba, else NumPy)")
 backends = ["numpy", "numba"] + (["cupy"] if has_gpu else [])
 
+# %% The one-time JIT compile
 section("The one-time JIT compile")
 say("""
     Numba compiles a function the first time it is called with new argument types. The
@@ -87,6 +91,7 @@ print(f"   the package's Numba im2col: first call in this process {t_first * 1e3
 print(f"   Numba's own count for kernels/cpu.py so far: {hits} loaded from the on-disk cache, "
       f"{misses} compiled now (a compile happens on the first run, or after the source changed)")
 
+# %% The same convolution on every backend
 section("The same convolution on every backend")
 rng = np.random.default_rng(2)
 n, c, s, f = (8, 32, 16, 32) if FAST else (16, 64, 32, 64)
@@ -170,6 +175,7 @@ say("""
     The results agree: im2col bit for bit across backends, Winograd to float32 rounding.
 """)
 
+# %% A whole training step
 section("A whole training step")
 batch, width = (16, 0.25) if FAST else (32, 0.5)
 xs = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
@@ -233,6 +239,8 @@ axes[1].set_title(f"training step, VGG-A width {width}, batch {batch}", fontsize
 fig.suptitle(f"backends on this machine (JIT compile of a fresh function: "
              f"{t_compile * 1e3:.0f} ms)", fontsize=9)
 save(fig, OUT, FIGURES[0])
+
+# %% Threads: more is not always faster
 section("Threads: more is not always faster")
 say("""
     OpenBLAS splits each matrix product over the cores, and its threads spin while they
@@ -240,9 +248,11 @@ say("""
     core its partner needs. (So minivgg's Numba backend shares its GEMMs out among its own
     worker threads, one BLAS thread each, and OpenBLAS's pool never spins: kernels/blas.py.
     It uses as many workers as OpenBLAS has threads.) The thread count is fixed when NumPy
-    loads, so each setting runs in a fresh process: training steps of the small VGG-A above.
+    loads, so each setting runs in a fresh process: training steps of the VGG-A above, and
+    one large matrix product for comparison.
 """)
-child_batch, child_steps, rounds = (16, 3, 1) if FAST else (64, 6, 2)
+child_batch, child_steps, rounds = batch, (3 if FAST else 6), (1 if FAST else 2)
+gemm = 512 if FAST else 1024                       # a gemm x gemm float32 matrix product
 CHILD = f"""
 import time, numpy as np, minivgg as mv
 from minivgg.models import vgg
@@ -258,26 +268,38 @@ for _ in range({child_steps}):
     t = time.perf_counter()
     train_step(model, opt, x, y)
     times.append(time.perf_counter() - t)
-print(np.median(times[1:]))
+a = np.random.default_rng(1).standard_normal(({gemm}, {gemm})).astype(np.float32)
+a @ a
+gemm_times = []
+for _ in range(3):
+    t = time.perf_counter()
+    a @ a
+    gemm_times.append(time.perf_counter() - t)
+print(np.median(times[1:]), 2 * {gemm} ** 3 / min(gemm_times) / 1e9)
 """
 per_threads = {"1": [], "2": []}
+gflops = {"1": [], "2": []}
 for _ in range(rounds):                               # the settings take turns
     for threads in per_threads:
         env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
                              text=True, check=True).stdout
-        per_threads[threads].append(float(out.split()[-1]))
+        step_s, rate = out.split()[-2:]
+        per_threads[threads].append(float(step_s))
+        gflops[threads].append(float(rate))
 load = os.getloadavg()[0]
 for threads, values in per_threads.items():
-    print(f"   OPENBLAS_NUM_THREADS={threads}: {1e3 * min(values):7.1f} ms per step "
-          f"(median of {child_steps - 1} steps, best of {rounds} process(es))")
+    print(f"   OPENBLAS_NUM_THREADS={threads}: {1e3 * min(values):7.1f} ms per training step "
+          f"(batch {child_batch}; median of {child_steps - 1} steps, best of {rounds} "
+          f"process(es)); a {gemm} x {gemm} product at {max(gflops[threads]):.0f} GFLOP/s")
 ratio = min(per_threads["2"]) / min(per_threads["1"])
 print(f"   two BLAS threads take {ratio:.2f} x the time of one, with the machine's load "
       f"average at {load:.1f} on {os.cpu_count()} cores")
-say("""
-    On an idle machine two threads win on large products (the project's notes measured
-    one core at 79 GFLOP/s, two at 136-184); on a busy one, or for small matrices, one
-    thread can be far faster. The lessons default to one BLAS thread
+gemm_ratio = max(gflops["2"]) / max(gflops["1"])
+say(f"""
+    On the large product two threads ran at {gemm_ratio:.2f} x the rate of one here; on an
+    idle machine they approach 2 x, on a busy one, or for the small products of a small
+    network, one thread can be as fast or faster. The lessons default to one BLAS thread
     (MINIVGG_LESSON_THREADS in lessons/_common.py); measure before you choose.
 """)
 fig, ax = plt.subplots(figsize=(5, 3))
