@@ -136,14 +136,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--no-plots", action="store_true")
 
-    p = sub.add_parser("predict", help="classify image files with a trained run",
-                       description="Top-5 classes of PNG, JPEG, BMP, GIF or WebP pictures, "
-                       "each resized to the network's input; pictures over 50 megapixels are "
-                       "refused before they are decoded.")
-    p.add_argument("run", help="run folder (or a .npz checkpoint)")
-    p.add_argument("images", nargs="+", help="picture files")
+    p = sub.add_parser("predict", help="classify image files with a trained run or "
+                       "ImageNet weights",
+                       description="Top classes of pictures: with a run folder, each resized "
+                       "to the network's input as the training images were; with --weights "
+                       "(vgg16, vgg19_bn, ... or a .pth/.safetensors file), torchvision's "
+                       "ImageNet preprocessing and the 1000 ImageNet classes.")
+    p.add_argument("inputs", nargs="+", metavar="RUN_AND_IMAGES",
+                   help="a run folder (or .npz checkpoint) then picture files; with "
+                   "--weights, picture files only")
+    p.add_argument("--weights", metavar="NAME_OR_FILE", help="torchvision's trained VGG "
+                   "weights: vgg11..vgg19(_bn), downloaded once into the cache, or a file")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     p.add_argument("--top", type=POSITIVE, default=5, help="classes to show (default: 5)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+
+    p = sub.add_parser("explain", help="saliency, SmoothGrad or Grad-CAM of a picture",
+                       description="Why the network chose its class: the gradient of the "
+                       "class score through the hand-written backward passes, drawn over "
+                       "the picture beside the top classes.")
+    p.add_argument("source", metavar="RUN_OR_WEIGHTS", help="a run folder or .npz "
+                   "checkpoint, or ImageNet weights (vgg16, ... or a .pth/.safetensors file)")
+    p.add_argument("image", help="a picture file")
+    p.add_argument("--method", default="gradcam", choices=("saliency", "smoothgrad",
+                                                           "gradcam"))
+    p.add_argument("--layer", metavar="BLOCK", help="Grad-CAM's block: a number from 1 or "
+                   "a layer path such as features.28 (default: the last block)")
+    p.add_argument("--class", dest="k", type=NON_NEGATIVE, metavar="K",
+                   help="the class to explain (default: the predicted one)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--out", default="explain.png", help="the figure (default: explain.png)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
 
     p = sub.add_parser("summary", help="table of a VGG's layers, shapes, parameters, MACs",
@@ -159,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=POSITIVE_NUMBER, default=1.0,
                    help="channel multiplier (default: 1)")
     p.add_argument("--batch-norm", action="store_true")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the network's blocks with "
+                   "their output shapes and parameters")
 
     p = sub.add_parser("gradcheck", help="finite-difference check of a whole small VGG",
                        description="Builds the configuration in float64 at reduced width and "
@@ -190,7 +214,7 @@ def main(argv=None) -> int:
     from minivgg.runfolder import RunFolderError
     handler = {"train": commands.train, "eval": commands.evaluate, "predict": commands.predict,
                "summary": commands.summary, "gradcheck": commands.gradcheck,
-               "bench": commands.bench}[args.command]
+               "bench": commands.bench, "explain": commands.explain}[args.command]
     try:
         code = handler(args)
         sys.stdout.flush()                   # a closed pipe shows up here, not at exit

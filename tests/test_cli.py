@@ -95,7 +95,7 @@ def test_overfit_batch_reaches_100_percent(capsys):
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["predict"], ["summary"],
-                                     ["gradcheck"], ["bench"]])
+                                     ["gradcheck"], ["bench"], ["explain"]])
 def test_every_help_exits_cleanly(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([*command, "--help"])
@@ -202,3 +202,51 @@ def test_gradcheck_and_predict_with_cupy_run_on_the_gpu(shapes_run, tmp_path, mo
     assert main(["predict", str(shapes_run), str(tmp_path / "x.png"), "--backend", "cupy"]) == 0
     assert main(["eval", str(shapes_run), "--no-plots", "--backend", "cupy"]) == 0
     assert "top-1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["saliency", "smoothgrad", "gradcam"])
+def test_explain_a_shapes_run_writes_its_figure_in_seconds(shapes_run, tmp_path, method,
+                                                            capsys):
+    import time
+
+    import matplotlib.pyplot as plt
+
+    from minivgg.data import make_shapes
+    picture = make_shapes(n_train=0, n_test=1, seed=5).test_images[0].transpose(1, 2, 0)
+    plt.imsave(tmp_path / "shape.png", picture)
+    out = tmp_path / f"{method}.png"
+    start = time.perf_counter()
+    assert main(["explain", str(shapes_run), str(tmp_path / "shape.png"), "--method", method,
+                 "--out", str(out), "--backend", "numba"]) == 0
+    assert time.perf_counter() - start < 30
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    text = capsys.readouterr().out
+    assert method in text and f"wrote {out}" in text
+
+
+def test_explain_and_predict_refuse_clearly(shapes_run, tmp_path, capsys, monkeypatch):
+    import matplotlib.pyplot as plt
+    plt.imsave(tmp_path / "x.png", np.zeros((32, 32, 3), np.uint8))
+    assert main(["explain", str(shapes_run), str(tmp_path / "x.png"), "--method", "saliency",
+                 "--layer", "2"]) == 2
+    assert "only --method gradcam looks at a block" in capsys.readouterr().err
+    assert main(["predict", str(shapes_run)]) == 2
+    assert "at least one picture" in capsys.readouterr().err
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("MINIVGG_DATA", str(tmp_path / "cache"))
+    import minivgg.data.download as download
+
+    def offline(*args, **kwargs):
+        raise download.DownloadError("no network here")
+    monkeypatch.setattr(download, "download", offline)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    assert main(["predict", "--weights", "vgg16", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vgg16-397923af.pth" in err
+
+
+def test_summary_plot_draws_the_blocks(tmp_path, capsys):
+    out = tmp_path / "vgg16.png"
+    assert main(["summary", "vgg16", "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert f"wrote {out}" in capsys.readouterr().out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from minivgg.layers import BatchNorm2D
 from minivgg.models import VGG_CONFIGS, vgg
 
 pytestmark = pytest.mark.crosscheck
@@ -152,3 +153,36 @@ def test_sgd_training_steps_match_pytorch(backend):
             close(ours.forward(x, training=False), theirs(torch.tensor(x)))
     finally:
         mv.set_backend(previous)
+
+
+@pytest.mark.parametrize("config,batch_norm", [("A", True), ("A-LRN", False)])
+def test_eval_mode_input_gradient_equals_pytorch(config, batch_norm):
+    """Backward after an evaluation-mode forward (dropout off, running statistics) gives
+    PyTorch's input gradient of the same network in eval mode: what saliency needs."""
+    ours = vgg(config, 10, SIZE, width=WIDTH, fc_width=FC, dropout=0.5, batch_norm=batch_norm,
+               seed=0, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    for _, layer in ours.named_layers():                # non-trivial running statistics
+        if isinstance(layer, BatchNorm2D):
+            layer.running_mean[...] = rng.uniform(-0.3, 0.3, layer.num_features)
+            layer.running_var[...] = rng.uniform(0.5, 2.0, layer.num_features)
+    theirs = torch_vgg(config, 10, batch_norm)
+    for module in theirs.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.5
+    copy_weights(ours, theirs)
+    theirs.eval()
+    ours.eval()
+    x = rng.standard_normal((2, 3, SIZE, SIZE)) * 30
+    g = rng.standard_normal((2, 10))
+    before = ours.state_dict()
+    logits = ours(x)
+    dx = ours.backward(g)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = theirs(xt)
+    (yt * torch.tensor(g)).sum().backward()
+    close(logits, yt)
+    close(dx, xt.grad)
+    after = ours.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)   # statistics untouched
+    assert not ours.training

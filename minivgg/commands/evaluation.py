@@ -37,6 +37,14 @@ def evaluate(args) -> int:
 
 
 def predict(args) -> int:
+    """Top classes of pictures: with a trained run, or (``--weights``) ImageNet weights."""
+    if args.weights:
+        from minivgg.commands.explain import predict_pretrained
+        return predict_pretrained(args, args.inputs)
+    if len(args.inputs) < 2:
+        raise UserError("expected a run folder (or .npz checkpoint) and at least one picture, "
+                        f"got {args.inputs}; or use --weights vgg16 with pictures only")
+    args.run, args.images = args.inputs[0], args.inputs[1:]
     from minivgg.backend import asnumpy, to_device
     from minivgg.checkpoint import read_checkpoint
     from minivgg.data.images import ImageError, prepare_image, read_image

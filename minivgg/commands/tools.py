@@ -20,7 +20,10 @@ def summary(args) -> int:
         settings = VGGSettings(parse_model(args.model), args.classes, args.input, head,
                                args.width, args.batch_norm)
         print(summarize_settings(settings))
-    except ValueError as exc:
+        if args.plot:
+            from minivgg.plots_explain import plot_model
+            print(f"wrote {plot_model(settings, (3, args.input, args.input), args.plot)}")
+    except (ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     return 0
 
