@@ -6,25 +6,28 @@ Saves the run (config.json, metrics.csv, last.npz, best.npz) in <out>/14_trainin
 which lessons 15 and 16 reuse; `minivgg eval <that folder>` evaluates it too.
 """
 
+# %%
 import math
 import time
 
 from _common import (
     FAST,
+    chance,
     cifar_folder,
     done,
     load_images,
     np,
     out_dir,
     plt,
+    report_test_accuracy,
     save,
     say,
     section,
+    take,
     title,
 )
 
 import minivgg as mv
-from minivgg.data import Dataset
 from minivgg.files import write_json
 from minivgg.gradcheck import compute_gradients, relative_error
 from minivgg.layers import Conv2D
@@ -40,10 +43,9 @@ RUN = OUT / "run"
 
 title("Lesson 14: training a small VGG")
 backend = mv.set_backend("numba")   # on the CPU; on a GPU: minivgg train --backend cupy
-full = load_images()
 n_train, n_test, epochs = (384, 256, 2) if FAST else (4096, 1017, 4)
-ds = Dataset(full.name, full.train_images[:n_train], full.train_labels[:n_train],
-             full.test_images[:n_test], full.test_labels[:n_test], full.classes)
+ds = take(load_images(), n_train, n_test)
+n_train = len(ds.train_images)                 # what there really is (the shapes set: fewer)
 data_dir = cifar_folder() if ds.name == "cifar10" else None
 config = {**DEFAULTS, "dataset": ds.name, "data_dir": data_dir and str(data_dir),
           "model": "A", "width": 0.25, "batch_norm": True, "epochs": epochs, "batch_size": 64,
@@ -52,8 +54,8 @@ print(f"   {ds!r}; backend {backend!r}")
 print(f"   VGG-{config['model']}, width {config['width']}, batch norm, SGD momentum 0.9, lr "
       f"{config['lr']} cosine, weight decay {config['weight_decay']}, batch "
       f"{config['batch_size']}, {epochs} epochs, random crops and flips")
-loss_fn = SoftmaxCrossEntropy()
 
+# %% Sanity check 1: the gradients of this very architecture
 section("Sanity check 1: the gradients of this very architecture")
 loss_fn = SoftmaxCrossEntropy()
 tiny = vgg(config["model"], num_classes=10, input_size=32, head="cifar", width=1 / 32,
@@ -73,6 +75,7 @@ print(f"   the {len(conv_biases)} conv biases are the exception: batch norm subt
       f"are both below {biggest:.0e} (rounding)")
 assert max(errs.values()) < 1e-6 and biggest < 1e-8
 
+# %% Sanity check 2: the first loss
 section("Sanity check 2: the first loss")
 run = build_run(config, dataset=ds)    # data, normalisation, model, loaders, optimizer
 model, normalize = run.model, run.normalize
@@ -83,15 +86,22 @@ with mv.no_grad():
 print(f"   untrained: loss {first:.4f} on 256 images; ln(10) = {math.log(10):.4f} "
       f"(lesson 07: near-uniform guesses)")
 
+# %% Sanity check 3: overfit one batch
 section("Sanity check 3: overfit one batch")
 n_batch = 16 if FAST else 32
+overfit = {"lr": 0.02, "weight_decay": 0.0}
 say(f"""
     A network that cannot memorise {n_batch} pictures cannot learn 50,000. Trained on one
     fixed batch, without augmentation, its loss must fall to ~0 and its accuracy reach 100 %.
+    Two settings differ from the run's, on purpose: weight decay off (it pulls every weight
+    towards zero, i.e. it works against memorising -- here we test whether the network
+    CAN fit, not how well it generalises), and lr {overfit['lr']} instead of {config['lr']}
+    (the same batch gives nearly the same gradient every step, so momentum piles it up to
+    ~10 x the step; a smaller lr keeps that from overshooting).
 """)
 xb = normalize(ds.train_images[:n_batch], None).astype(np.float32)
 yb = ds.train_labels[:n_batch]
-opt = make_optimizer({**config, "lr": 0.02, "weight_decay": 0.0}, model)
+opt = make_optimizer({**config, **overfit}, model)
 history = []
 for _ in range(150):
     loss, correct = train_step(model, opt, xb, yb)   # forward, loss, backward, update
@@ -111,6 +121,7 @@ ax2.set_ylabel("batch accuracy (%)")
 ax.set_title(f"overfitting one batch of {n_batch} images")
 save(fig, OUT, FIGURES[0])
 
+# %% A short run
 section("A short run")
 run = build_run(config, dataset=ds)                    # a fresh network, the same recipe
 model, train_loader, test_loader = run.model, run.train_loader, run.test_loader
@@ -123,17 +134,16 @@ t0 = time.perf_counter()
 result = trainer.fit()
 seconds = time.perf_counter() - t0
 final = evaluate(model, test_loader)
-counts = np.bincount(ds.test_labels, minlength=10)
 print(f"   {epochs} epochs of {len(train_loader)} batches in {seconds:.1f} s "
       f"({epochs * len(train_loader) * config['batch_size'] / seconds:.0f} training images/s)")
-print(f"   test top-1 {final['top1']:.1f}% on {final['n']} images; chance "
-      f"{100 * counts.max() / counts.sum():.1f}% (always the most common class)")
+report_test_accuracy(round(final["top1"] * final["n"] / 100), ds.test_labels[:final["n"]],
+                     "of the last epoch")
 plot_curves(result["history"], OUT / FIGURES[1])
 print(f"   [figure] {OUT / FIGURES[1]}")
 print(f"   run folder: {RUN} ({', '.join(sorted(p.name for p in RUN.iterdir()))})")
-chance = 100 * counts.max() / counts.sum()
-if final["top1"] > chance + 5:
-    verdict = f"test accuracy is {final['top1'] / chance:.1f} x chance"
+base = 100 * chance(ds.test_labels)
+if final["top1"] > base + 5:
+    verdict = f"test accuracy is {final['top1'] / base:.1f} x chance"
 else:
     verdict = ("this run is too short to beat chance clearly" +
                (" (fast mode: run without MINIVGG_LESSON_FAST)" if FAST else ""))
