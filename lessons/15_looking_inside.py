@@ -6,18 +6,31 @@ Uses lesson 14's checkpoint (<out>/14_training/run/best.npz) when it exists; oth
 trains a small network briefly first, with the same recipe.
 """
 
-from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
+# %%
+from _common import (
+    FAST,
+    done,
+    load_images,
+    np,
+    out_dir,
+    plt,
+    report_test_accuracy,
+    save,
+    say,
+    section,
+    take,
+    title,
+)
 
 import minivgg as mv
 from minivgg.checkpoint import read_checkpoint
-from minivgg.data import DataLoader, Dataset, Normalize
+from minivgg.data import DataLoader, Normalize
 from minivgg.plots import (
     block_outputs,
     confusion_matrix,
     first_conv_weight,
     plot_confusion,
     plot_feature_maps,
-    plot_filters,
 )
 from minivgg.run import DEFAULTS, build_run, make_model, model_from_checkpoint, saved_config
 from minivgg.train import Trainer, evaluate
@@ -28,7 +41,7 @@ CHECKPOINT = OUT.parent / "14_training" / "run" / "best.npz"
 
 title("Lesson 15: what the network learned")
 mv.set_backend("numba")   # on the CPU, like every lesson (lesson 11 compares backends)
-ds = load_images()
+ds = take(load_images(), *((384, 256) if FAST else (1536, 1017)))
 if CHECKPOINT.is_file():
     ckpt = read_checkpoint(CHECKPOINT)
     model, config = model_from_checkpoint(ckpt), saved_config(ckpt.facts.config)
@@ -38,21 +51,21 @@ if CHECKPOINT.is_file():
 else:
     print(f"   no checkpoint at {CHECKPOINT} (run lesson 14 first to reuse it); training a "
           "small network briefly instead:")
-    n_train, epochs = (384, 2) if FAST else (1536, 3)
-    small = Dataset(ds.name, ds.train_images[:n_train], ds.train_labels[:n_train],
-                    ds.test_images[:256], ds.test_labels[:256], ds.classes)
+    epochs = 2 if FAST else 3
     config = {**DEFAULTS, "dataset": ds.name, "width": 0.25, "batch_norm": True,
               "epochs": epochs, "batch_size": 64, "lr": 0.05, "seed": 0, "backend": "numba"}
-    run = build_run(config, dataset=small)
+    run = build_run(config, dataset=ds)
     model, normalize = run.model, run.normalize
     Trainer.for_run(run, OUT / "run", progress=False, log=lambda line: print("   " + line)).fit()
-n_test = 256 if FAST else len(ds.test_images)
+n_test = len(ds.test_images)
 test_images, test_labels = ds.test_images[:n_test], ds.test_labels[:n_test]
 loader = DataLoader(test_images, test_labels, batch_size=256, shuffle=False,
                     transform=normalize)
 result = evaluate(model, loader, predictions=True)
-print(f"   test top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}% on {result['n']} images")
+report_test_accuracy(int((result["predicted"] == result["labels"]).sum()), test_labels)
+print(f"   top-5: {result['top5']:.1f}% (the true class among the five highest scores)")
 
+# %% First-layer filters
 section("First-layer filters")
 weight = first_conv_weight(model)
 untrained = first_conv_weight(make_model(config, ds.num_classes, 3))  # the run's seed
@@ -83,11 +96,27 @@ say(f"""
     Long runs on large data sets turn first-layer filters into smooth edge, blob and
     colour-opponent detectors (Krizhevsky et al. 2012, Fig. 3, shows 96 of them). Here the
     numbers say the filters {verdict} after this run.
-    Each filter is drawn as a tiny RGB picture, scaled on its own:
+    Each filter is drawn as a tiny RGB picture (mid-grey = 0), its initial and trained
+    versions on ONE scale, +-(the largest |weight| of the pair), so what moved shows:
 """)
-plot_filters(weight, OUT / FIGURES[0])
-print(f"   [figure] {OUT / FIGURES[0]}")
+shown = min(len(weight), 16)
+fig, axes = plt.subplots(2, shown, figsize=(shown * 0.75, 2.1), squeeze=False)
+for i in range(shown):
+    bound = max(np.abs(weight[i]).max(), np.abs(untrained[i]).max())
+    for row, w in enumerate((untrained[i], weight[i])):
+        axes[row, i].imshow(np.clip(0.5 + 0.5 * w.transpose(1, 2, 0) / bound, 0, 1),
+                            interpolation="nearest")
+        axes[row, i].set_xticks([])
+        axes[row, i].set_yticks([])
+    axes[1, i].set_xlabel(str(i), fontsize=7)
+axes[0, 0].set_ylabel("initial", fontsize=8)
+axes[1, 0].set_ylabel("trained", fontsize=8)
+fig.suptitle(f"first-layer filters {shown} of {len(weight)} ({weight.shape[1]} x "
+             f"{weight.shape[2]} x {weight.shape[3]}), numbered; training moved them by "
+             f"{change:.0%}", fontsize=9)
+save(fig, OUT, FIGURES[0])
 
+# %% Feature maps, block by block
 section("Feature maps, block by block")
 idx = int(np.flatnonzero(result["predicted"] == result["labels"])[0]) \
     if (result["predicted"] == result["labels"]).any() else 0
@@ -105,6 +134,7 @@ say("""
 plot_feature_maps(model, test_images[idx], mv.to_device(x), OUT / FIGURES[1])
 print(f"   [figure] {OUT / FIGURES[1]}")
 
+# %% The confusion matrix
 section("The confusion matrix")
 counts = confusion_matrix(result["labels"], result["predicted"], ds.num_classes)
 per_class = counts.diagonal() / np.maximum(counts.sum(axis=1), 1)
@@ -119,6 +149,7 @@ for t, p in pairs:
 plot_confusion(result["labels"], result["predicted"], ds.classes, OUT / FIGURES[2])
 print(f"   [figure] {OUT / FIGURES[2]}")
 
+# %% The most confident mistakes
 section("The most confident mistakes")
 model.eval()
 with mv.no_grad():
