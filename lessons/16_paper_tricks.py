@@ -4,15 +4,30 @@ and dense evaluation of an image larger than the training crops.
     python lessons/16_paper_tricks.py
 """
 
+# %%
 import time
 
-from _common import FAST, done, load_images, np, out_dir, plt, save, say, section, title
+from _common import (
+    FAST,
+    done,
+    load_images,
+    np,
+    out_dir,
+    plt,
+    report_test_accuracy,
+    save,
+    say,
+    section,
+    take,
+    title,
+)
+from matplotlib.ticker import MaxNLocator
 
 import minivgg as mv
 from minivgg.checkpoint import read_checkpoint
 from minivgg.data import Compose, DataLoader, HorizontalFlip, Normalize
-from minivgg.layers import Conv2D, LocalResponseNorm
-from minivgg.models import init_from, to_dense_eval, vgg
+from minivgg.layers import Conv2D, LocalResponseNorm, MaxPool2D
+from minivgg.models import VGG_CONFIGS, init_from, to_dense_eval, vgg
 from minivgg.optim import SGD
 from minivgg.run import model_from_checkpoint
 from minivgg.train import evaluate, train_step
@@ -23,13 +38,18 @@ OUT = out_dir("16_paper_tricks")
 title("Lesson 16: three tricks from the VGG paper, measured")
 mv.set_backend("numba")   # on the CPU, like every lesson (lesson 11 compares backends)
 ds = load_images()
-n_train, n_test, epochs = (256, 128, 1) if FAST else (2048, 1017, 2)
+epochs = 1 if FAST else 2
+ds = take(ds, *((256, 128) if FAST else (2048, 1017)))
+n_train, n_test = len(ds.train_images), len(ds.test_images)
 normalize = Normalize.from_data(ds.train_images)
 test_loader = DataLoader(ds.test_images[:n_test], ds.test_labels[:n_test], batch_size=256,
                          shuffle=False, transform=normalize)
 WIDTH = 0.125
 print(f"   {n_train} training images, {n_test} test images, {epochs} epoch(s) per network; "
       f"width {WIDTH}, no batch norm (the paper had none), He initialisation")
+
+
+results = {}                 # label -> test images classified correctly
 
 
 def build(config, seed=0):
@@ -47,12 +67,15 @@ def train(model, label):
         for x, y in loader:
             losses.append(train_step(model, opt, x, y)[0])
     seconds = time.perf_counter() - t0
-    top1 = evaluate(model, test_loader)["top1"]
+    scored = evaluate(model, test_loader)
+    top1 = scored["top1"]
+    results[label] = round(top1 * scored["n"] / 100)     # images right
     print(f"   {label:14s}: loss {losses[0]:.3f} -> {np.mean(losses[-5:]):.3f} (mean of the last "
           f"5 steps), test top-1 {top1:.1f}%, {1e3 * seconds / len(losses):.0f} ms per step")
     return losses, top1, seconds / len(losses)
 
 
+# %% Local response normalisation: A versus A-LRN
 section("Local response normalisation: A versus A-LRN")
 say("""
     A-LRN is A with AlexNet's LRN after the first convolution: each activation is divided
@@ -77,8 +100,11 @@ say("""
 """)
 fig, ax = plt.subplots(figsize=(5.5, 3))
 ax.hist(scale, bins=50)
-ax.axvline(2 ** -0.75, color="tab:red", ls="--", label="2^-0.75")
+ax.axvline(2 ** -0.75, color="tab:red", ls="--", label=f"2^-0.75 = {2 ** -0.75:.4f}")
 ax.set_xlabel("LRN output / input, per active unit")
+ax.set_ylabel("number of units")
+ax.xaxis.set_major_locator(MaxNLocator(nbins=4))      # few ticks: the values are long
+ax.ticklabel_format(axis="x", useOffset=False)
 ax.set_title("LRN on this network's first-layer activations")
 ax.legend()
 save(fig, OUT, FIGURES[0])
@@ -86,11 +112,15 @@ model_a = build("A")
 losses_a, top1_a, step_a = train(model_a, "A")
 losses_lrn, top1_lrn, step_lrn = train(a_lrn, "A-LRN")
 _, top1_a1, _ = train(build("A", seed=1), "A, seed 1")
+seed_gap, lrn_gap = abs(top1_a1 - top1_a), abs(top1_lrn - top1_a)
 print(f"   A-LRN took {100 * (step_lrn / step_a - 1):+.0f}% time per step (separate runs: "
       "machine noise included); its test accuracy "
       f"differs from A's by {top1_lrn - top1_a:+.1f} points,\n   while A with another seed "
-      f"differs by {top1_a1 - top1_a:+.1f}: one short run each cannot separate them")
+      f"differs by {top1_a1 - top1_a:+.1f}: "
+      + ("the LRN difference is within the seed noise" if lrn_gap <= seed_gap else
+         "the LRN difference exceeds this one seed's, but one run each proves nothing"))
 
+# %% Initialising D from a trained A
 section("Initialising D from a trained A")
 say("""
     The paper trained A from random weights, then started the deeper networks with A's
@@ -125,6 +155,7 @@ say("""
     unnecessary. The figure shows how much head start A's layers give in this setting.
 """)
 
+# %% Dense evaluation: the classifier as convolutions
 section("Dense evaluation: the classifier as convolutions")
 CHECKPOINT = OUT.parent / "14_training" / "run" / "best.npz"
 if CHECKPOINT.is_file():                       # lesson 14's network was trained for longer
@@ -157,18 +188,66 @@ print(f"   averaged over the map (the paper's sum-pooling): "
 cells = [score_map[:, r, c].argmax() for r, c in ((0, 0), (0, 1), (1, 0), (1, 1))]
 agree = sum(int(a == b) for a, b in zip(cells, alone.argmax(axis=1)))
 print(f"   the map agrees with the quadrants seen alone in {agree} of 4 cells")
-say("""
-    A map cell is not its quadrant alone: its receptive field (lesson 09: 150 pixels for
-    A) spans the whole mosaic, so the neighbours leak in where a lone 32 x 32 image had
-    zero padding -- context this network never saw in training. The paper trained on
-    crops of larger rescaled images, so its network had seen such context. The gain of
-    dense evaluation is in the cost:
+field, jump = 1, 1                       # lesson 09's rule, over this network's layers
+for _, layer in model_a["features"].named_layers():
+    if isinstance(layer, (Conv2D, MaxPool2D)):
+        field, jump = field + (layer.kernel_size - 1) * jump, jump * layer.stride
+say(f"""
+    A map cell is not its quadrant alone: its receptive field (lesson 09's rule: {field}
+    pixels for A) spans the whole mosaic, so the neighbours leak in where a lone 32 x 32
+    image had zero padding -- context this network never saw in training. The paper
+    trained on crops of larger rescaled images, so its network had seen such context.
+    And the cost, next to evaluating crops one by one?
 """)
 macs_dense = dense.summary((3, 64, 64), print_fn=None).macs
 macs_crop = model_a.summary((3, 32, 32), print_fn=None).macs
-print(f"   dense evaluation of the 64 x 64 image: {macs_dense / 1e6:.1f} M MACs; nine "
-      f"overlapping 32 x 32 crops (stride 16): {9 * macs_crop / 1e6:.1f} M MACs "
-      f"({9 * macs_crop / macs_dense:.1f} x more): the convolutions are shared")
+positions = score_map.shape[1] * score_map.shape[2]
+print(f"   dense evaluation of the 64 x 64 image: {macs_dense / 1e6:.1f} M MACs for a "
+      f"{score_map.shape[1]} x {score_map.shape[2]} map, one position every 32 pixels")
+print(f"   the {positions} crops of 32 x 32 at those positions (stride 32, not overlapping): "
+      f"{positions} x {macs_crop / 1e6:.1f} = {positions * macs_crop / 1e6:.1f} M MACs, "
+      f"{positions * macs_crop / macs_dense:.2f} x dense")
+say("""
+    No saving: with a 32 x 32 network the crops at the map's stride of 32 do not overlap,
+    so there is nothing to share. Dense evaluation pays when the crops overlap -- when
+    the network's input is larger than its total stride, as in the paper: 224 x 224
+    crops, stride 32. Counting the multiply-accumulates of configuration A (the same sum
+    over layers that summary() does, checked here on the 32 x 32 network first):
+""")
+
+
+def vgg_macs(config, size, width=1.0, head=(4096, 4096, 1000), crop=224):
+    """MACs of a VGG on a size x size image, the FC head as convolutions (dense)."""
+    c, side, total = 3, size, 0
+    for item in config:
+        if item == "M":
+            side //= 2
+        elif item != "LRN":
+            out, k = item if isinstance(item, tuple) else (item, 3)
+            out = max(1, int(round(out * width)))
+            total += c * out * k * k * side * side      # C_in * C_out * k*k per output pixel
+            c = out
+    window = crop // 32                                 # the first FC sees window x window
+    grid = side - window + 1                            # positions in the score map
+    features = c * window * window
+    for units in head:
+        total += features * units * grid * grid
+        features = units
+    return total, grid
+
+
+st = model_a.settings
+small_macs, _ = vgg_macs(st.layers, 32, width=st.width, head=(*st.hidden, st.num_classes),
+                         crop=32)
+print(f"   the sum for this VGG-A (width {st.width}) at 32 x 32: {small_macs / 1e6:.1f} M MACs; "
+      f"summary() said {macs_crop / 1e6:.1f} M")
+one_crop, _ = vgg_macs(VGG_CONFIGS["A"], 224)
+whole, grid = vgg_macs(VGG_CONFIGS["A"], 384)
+print(f"   the paper's A on a 384 x 384 image, densely: {whole / 1e9:.1f} G MACs for a "
+      f"{grid} x {grid} map")
+print(f"   {grid * grid} crops of 224 x 224 at the same positions (stride 32, overlapping by "
+      f"192 pixels): {grid * grid} x {one_crop / 1e9:.2f} = {grid * grid * one_crop / 1e9:.0f} "
+      f"G MACs, {grid * grid * one_crop / whole:.1f} x dense")
 fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
 axes[0].imshow(mosaic[0].transpose(1, 2, 0))
 for r, c in ((0, 0), (0, 1), (1, 0), (1, 1)):
@@ -180,4 +259,5 @@ probs = np.exp(averaged - averaged.max())
 axes[1].barh(ds.classes, probs / probs.sum())
 axes[1].set_title("averaged class scores (softmax)")
 save(fig, OUT, FIGURES[2])
+report_test_accuracy(results["A"], ds.test_labels, "of A (the first network trained here)")
 done()
