@@ -171,6 +171,7 @@ def torch_gradcam(torch, net, x, k, index):
 
 
 @pytest.mark.crosscheck
+@pytest.mark.slow
 def test_gradcam_equals_pytorch_at_every_block():
     torch = pytest.importorskip("torch")
     model, x = small_vgg(), image()

@@ -53,6 +53,7 @@ def test_lessons_are_numbered_without_gaps():
     assert len(numbers) >= 9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
 def test_lesson_runs_and_writes_its_figures(path, tmp_path):
     figures = declared_figures(path)

@@ -381,7 +381,8 @@ TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 @pytest.mark.crosscheck
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("fmt", ["legacy", "zip", "safetensors"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n if n in ("vgg11", "vgg11_bn") else
+                                  pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
 def test_logits_equal_torchs_for_every_configuration_and_format(tmp_path, name, fmt, dtype):
     torch = pytest.importorskip("torch")
     net = random_torch_vgg(torch, name, dtype=dtype)

@@ -29,7 +29,8 @@ PARAMS = {
 GMACS = {"A": 7.609, "A-LRN": 7.609, "B": 11.308, "D": 15.47, "E": 19.632}
 
 
-@pytest.mark.parametrize("config,batch_norm", list(PARAMS))
+@pytest.mark.parametrize("config,batch_norm", [
+    key if key == ("D", False) else pytest.param(*key, marks=pytest.mark.slow) for key in PARAMS])
 def test_paper_networks_totals(config, batch_norm):
     model = vgg(config, num_classes=1000, input_size=224, batch_norm=batch_norm,
                 rng=NoDraws())

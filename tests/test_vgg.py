@@ -164,7 +164,8 @@ def gradcheck_vgg(config, batch_norm):
 
 
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", [c if c == "A" else pytest.param(c, marks=pytest.mark.slow)
+                                    for c in CONFIGS])
 def test_whole_model_gradients(config, batch_norm):
     model, errors, zero = gradcheck_vgg(config, batch_norm)
     assert set(errors) | zero == {"input", *model.named_parameters()}     # every tensor
