@@ -47,6 +47,7 @@ EMULATION = """
 struct MvDim { unsigned x; };
 static const MvDim blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};
 #define __global__
+#define __device__
 """
 
 

@@ -35,6 +35,17 @@ CUDA_SOURCE = r"""
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < (total); \
          idx += (long long)blockDim.x * gridDim.x)
 
+// The position (n, y, z, ch) of flat index idx in a C-contiguous (N, H, W, C) array.
+__device__ inline void unravel_nhwc(long long idx, int H, int W, int C,
+                                    long long* n, int* y, int* z, int* ch) {
+    *ch = (int)(idx % C);
+    long long t = idx / C;
+    *z = (int)(t % W);
+    t /= W;
+    *y = (int)(t % H);
+    *n = t / H;
+}
+
 template <typename T>
 __global__ void im2col_nhwc(const T* x, T* cols, long long total, int H, int W, int C,
                             int OH, int OW, int KH, int KW, int S, int P) {
@@ -58,12 +69,9 @@ __global__ void col2im_nhwc(const T* cols, T* dx, long long total, int H, int W,
                             int OH, int OW, int KH, int KW, int S, int P) {
     const long long ckk = (long long)C * KH * KW;
     MV_LOOP(idx, total) {
-        int ch = (int)(idx % C);
-        long long t = idx / C;
-        int z = (int)(t % W);
-        t /= W;
-        int y = (int)(t % H);
-        long long n = t / H;
+        long long n;
+        int y, z, ch;
+        unravel_nhwc(idx, H, W, C, &n, &y, &z, &ch);
         T acc = T(0);
         for (int i = 0; i < KH; ++i) {              // the reference's (i, j) order
             int ty = y + P - i;
@@ -84,12 +92,9 @@ __global__ void maxpool_forward_nhwc(const T* x, T* out, unsigned char* argmax,
                                      long long total, int H, int W, int C,
                                      int OH, int OW, int K, int S) {
     MV_LOOP(idx, total) {
-        int ch = (int)(idx % C);
-        long long t = idx / C;
-        int ow = (int)(t % OW);
-        t /= OW;
-        int oh = (int)(t % OH);
-        long long n = t / OH;
+        long long n;
+        int oh, ow, ch;
+        unravel_nhwc(idx, OH, OW, C, &n, &oh, &ow, &ch);
         const T* base = x + ((n * H + (long long)oh * S) * W + (long long)ow * S) * C + ch;
         T best = base[0];
         int arg = 0;
@@ -110,12 +115,9 @@ __global__ void maxpool_backward_nhwc(const T* dout, const unsigned char* argmax
                                       long long total, int H, int W, int C,
                                       int OH, int OW, int K, int S) {
     MV_LOOP(idx, total) {
-        int ch = (int)(idx % C);
-        long long t = idx / C;
-        int z = (int)(t % W);
-        t /= W;
-        int y = (int)(t % H);
-        long long n = t / H;
+        long long n;
+        int y, z, ch;
+        unravel_nhwc(idx, H, W, C, &n, &y, &z, &ch);
         T acc = T(0);
         for (int i = 0; i < K; ++i) {
             int ty = y - i;
