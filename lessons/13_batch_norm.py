@@ -13,6 +13,7 @@ from _common import (
     FAST,
     chance,
     done,
+    epochs_for,
     load_images,
     np,
     out_dir,
@@ -226,7 +227,7 @@ say("""
 
 # %% With and without, measured
 section("With and without batch norm, measured")
-epochs = 1 if FAST else 3
+epochs = 1 if FAST else epochs_for(ds, 3, 6)
 train_loader = DataLoader(ds.train_images, ds.train_labels, batch_size=64, seed=0,
                           transform=normalize, drop_last=True)
 test_loader = DataLoader(ds.test_images, ds.test_labels, batch_size=256, shuffle=False,

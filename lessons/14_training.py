@@ -15,6 +15,7 @@ from _common import (
     chance,
     cifar_folder,
     done,
+    epochs_for,
     load_images,
     np,
     out_dir,
@@ -46,6 +47,7 @@ backend = mv.set_backend("numba")   # on the CPU; on a GPU: minivgg train --back
 n_train, n_test, epochs = (384, 256, 2) if FAST else (4096, 1017, 4)
 ds = take(load_images(), n_train, n_test)
 n_train = len(ds.train_images)                 # what there really is (the shapes set: fewer)
+epochs = epochs if FAST else epochs_for(ds, epochs, 8)
 data_dir = cifar_folder() if ds.name == "cifar10" else None
 config = {**DEFAULTS, "dataset": ds.name, "data_dir": data_dir and str(data_dir),
           "model": "A", "width": 0.25, "batch_norm": True, "epochs": epochs, "batch_size": 64,

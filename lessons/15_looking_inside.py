@@ -10,6 +10,7 @@ trains a small network briefly first, with the same recipe.
 from _common import (
     FAST,
     done,
+    epochs_for,
     load_images,
     np,
     out_dir,
@@ -41,7 +42,7 @@ CHECKPOINT = OUT.parent / "14_training" / "run" / "best.npz"
 
 title("Lesson 15: what the network learned")
 mv.set_backend("numba")   # on the CPU, like every lesson (lesson 11 compares backends)
-ds = take(load_images(), *((384, 256) if FAST else (1536, 1017)))
+ds = take(load_images(), *((384, 256) if FAST else (2048, 1017)))
 if CHECKPOINT.is_file():
     ckpt = read_checkpoint(CHECKPOINT)
     model, config = model_from_checkpoint(ckpt), saved_config(ckpt.facts.config)
@@ -51,7 +52,7 @@ if CHECKPOINT.is_file():
 else:
     print(f"   no checkpoint at {CHECKPOINT} (run lesson 14 first to reuse it); training a "
           "small network briefly instead:")
-    epochs = 2 if FAST else 3
+    epochs = 2 if FAST else epochs_for(ds, 3, 8)
     config = {**DEFAULTS, "dataset": ds.name, "width": 0.25, "batch_norm": True,
               "epochs": epochs, "batch_size": 64, "lr": 0.05, "seed": 0, "backend": "numba"}
     run = build_run(config, dataset=ds)
