@@ -1,7 +1,7 @@
-"""Lesson 99 -- what the network sees: saliency, Grad-CAM, an adversarial example, and
+"""Lesson 17 -- what the network sees: saliency, Grad-CAM, an adversarial example, and
 VGG-16 on a photograph.
 
-    python lessons/99_what_the_network_sees.py
+    python lessons/17_what_the_network_sees.py
 
 Trains a small VGG for a few seconds, then asks it, with nothing but the backward passes of
 the earlier lessons, which pixels its decision depends on. With torchvision's VGG-16 weights
@@ -41,9 +41,9 @@ from minivgg.weights.hub import WEIGHTS, weights_dir
 
 FIGURES = ["saliency.png", "gradcam_blocks.png", "adversarial.png", "score_map.png",
            "photo.png", "filters.png", "vgg16_diagram.png"]
-OUT = out_dir("99_what_the_network_sees")
+OUT = out_dir("17_what_the_network_sees")
 
-title("Lesson 99: what the network sees")
+title("Lesson 17: what the network sees")
 mv.set_backend("numba")   # on the CPU, like every lesson (lesson 11 compares backends)
 say("""
     Every explanation here is one forward and one backward pass: the same passes that
