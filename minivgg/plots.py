@@ -150,44 +150,52 @@ def block_outputs(model, x) -> list[tuple[str, np.ndarray]]:
 
 
 def tile(maps: np.ndarray, gap: int = 1) -> np.ndarray:
-    """(K, h, w) maps, each scaled to [0, 1], side by side with ``gap`` blank pixels."""
+    """(K, h, w) maps side by side, ``gap`` blank (NaN) pixels apart, values unchanged: one
+    colour scale for the whole row, so the maps can be compared with each other."""
     k, h, w = maps.shape
     out = np.full((h, k * (w + gap) - gap), np.nan, dtype=np.float32)
     for i, m in enumerate(maps):
-        lo, hi = m.min(), m.max()
-        out[:, i * (w + gap):i * (w + gap) + w] = (m - lo) / (hi - lo) if hi > lo else 0
+        out[:, i * (w + gap):i * (w + gap) + w] = m
     return out
 
 
 def plot_feature_maps(model, image: np.ndarray, x, path, per_block: int = 8) -> Path:
     """``image`` (C, H, W) for display, ``x`` (1, C, H, W) the network's input.
 
-    One row per block: the ``per_block`` most active channels after its max-pooling, each
-    scaled on its own (one picture per row keeps the figure quick to draw). A block whose
-    maps are single pixels (the last one at 32×32) has no picture to show: its row is a bar
-    chart of those channels' values instead.
+    The input once, at the top left; then one row per block: its ``per_block`` most active
+    channels after the max-pooling, strongest first, on one colour scale per row (the bar
+    beside the row). A block whose maps are single pixels (the last one at 32×32) has no
+    picture to show: its row is a bar chart of those channels' values, strongest first.
     """
     outs = block_outputs(model, x)
-    fig, axes = plt.subplots(len(outs), 2, figsize=(11, 1.3 * len(outs)), squeeze=False,
+    fig, axes = plt.subplots(len(outs), 2, figsize=(11, 1.5 * len(outs)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, per_block]})
-    for (ax_in, ax_maps), (name, maps) in zip(axes, outs):
-        ax_in.imshow(_as_picture(image), cmap="gray", interpolation="nearest")
-        ax_in.axis("off")
+    for row, ((ax_side, ax_maps), (name, maps)) in enumerate(zip(axes, outs)):
+        ax_maps.set_label("maps")
         means = maps.reshape(len(maps), -1).mean(axis=1)
-        strongest = np.sort(np.argsort(-means)[:per_block])
+        strongest = np.argsort(-means, kind="stable")[:per_block]
         title = f"{name}: {maps.shape[0]} maps of {maps.shape[1]}x{maps.shape[2]}; "
         if maps.shape[1:] == (1, 1):
             ax_maps.bar(np.arange(len(strongest)), means[strongest], color="tab:green")
             ax_maps.set_xticks(np.arange(len(strongest)), [str(c) for c in strongest],
                                fontsize=6)
+            ax_maps.set_xlabel("channel (strongest first)", fontsize=7)
+            ax_maps.set_ylabel("activation", fontsize=7)
             ax_maps.tick_params(axis="y", labelsize=6)
             ax_maps.set_title(title + "the strongest channels' values", fontsize=7)
+            ax_side.axis("off")
         else:
-            ax_maps.imshow(tile(maps[strongest]), cmap="viridis", interpolation="nearest",
-                           aspect="equal")
-            ax_maps.set_title(title + f"channels {', '.join(str(c) for c in strongest)}",
-                              fontsize=7)
+            im = ax_maps.imshow(tile(maps[strongest]), cmap="viridis", interpolation="nearest",
+                                aspect="equal")
+            ax_maps.set_title(title + "channels " + ", ".join(str(c) for c in strongest)
+                              + " (strongest first)", fontsize=7)
             ax_maps.axis("off")
+            cbar = fig.colorbar(im, ax=ax_maps, fraction=0.015, pad=0.01)
+            cbar.ax.tick_params(labelsize=6)
+            if row == 0:
+                ax_side.imshow(_as_picture(image), cmap="gray", interpolation="nearest")
+                ax_side.set_title("input", fontsize=7)
+            ax_side.axis("off")
     fig.suptitle("feature maps after each block (the most active channels)", fontsize=9)
     return _save(fig, path)
 
