@@ -67,6 +67,7 @@ def test_resume_refuses_a_used_folder_and_continues_a_finished_run(shapes_run, c
     assert len(read_csv(shapes_run / "metrics.csv")) == 1       # nothing left to do
 
 
+@pytest.mark.slow
 def test_one_epoch_on_the_real_cifar10_subset(shared_cifar_dir, tmp_path):
     run = tmp_path / "cifar"
     assert main(["train", "--data-dir", str(shared_cifar_dir), "--limit", "128", "--out",
@@ -117,6 +118,7 @@ def test_train_defaults_are_the_documented_recipe():
     assert (args.momentum, args.weight_decay, args.augment) == (0.9, 5e-4, "crop+flip")
 
 
+@pytest.mark.slow
 def test_summary_gradcheck_and_bench(capsys):
     assert main(["summary", "vgg11", "--input", "32", "--classes", "10", "--width", "0.25"]) == 0
     assert "Conv2D" in capsys.readouterr().out

@@ -229,6 +229,7 @@ def predicted(model, x):
         return model.forward(x, training=False).argmax(axis=1)
 
 
+@pytest.mark.slow
 def test_one_fgsm_step_flips_the_class_and_random_signs_do_not(trained):
     model, x, y = trained
     right = predicted(model, x) == y
@@ -313,6 +314,7 @@ def is_png(path, min_bytes=10_000):
     return picture.shape
 
 
+@pytest.mark.slow
 def test_figures_are_real_pngs(tmp_path):
     from minivgg.plots_explain import explain_file, plot_model, plot_score_map
     model, x = small_vgg(), image()

@@ -48,6 +48,7 @@ def test_paper_networks_totals(config, batch_norm):
     gc.collect()
 
 
+@pytest.mark.slow
 def test_vgg_c_summary_with_real_weights(capsys):
     """The issue's acceptance line, as written."""
     model = vgg("C", num_classes=1000, input_size=224)
