@@ -10,6 +10,7 @@ import time
 from _common import (
     FAST,
     done,
+    epochs_for,
     load_images,
     np,
     out_dir,
@@ -45,25 +46,36 @@ normalize = Normalize.from_data(ds.train_images)
 test_loader = DataLoader(ds.test_images[:n_test], ds.test_labels[:n_test], batch_size=256,
                          shuffle=False, transform=normalize)
 WIDTH = 0.125
-print(f"   {n_train} training images, {n_test} test images, {epochs} epoch(s) per network; "
-      f"width {WIDTH}, no batch norm (the paper had none), He initialisation")
+SHAPES = ds.name == "shapes" and not FAST   # the offline fallback, normal mode
+BATCH_NORM = SHAPES
+epochs_d = epochs                            # the two D's (twice A's time per step)
+if SHAPES:
+    epochs, epochs_d = epochs_for(ds, epochs, 6), 1      # within the minute
+    print(f"   (shapes fallback: all five networks get batch norm, the three A's {epochs} "
+          f"epochs, the two D's {epochs_d} -- without batch norm they all stay at chance; "
+          "each comparison still differs only in what it is about)")
+print(f"   {n_train} training images, {n_test} test images, {epochs} epoch(s) per network"
+      + (f" ({epochs_d} for D)" if epochs_d != epochs else "") + "; "
+      f"width {WIDTH}, " + ("batch norm (not the paper's: see above)" if BATCH_NORM else
+                            "no batch norm (the paper had none)") + ", He initialisation")
 
 
 results = {}                 # label -> test images classified correctly
 
 
 def build(config, seed=0):
-    return vgg(config, num_classes=10, input_size=32, head="cifar", width=WIDTH, seed=seed)
+    return vgg(config, num_classes=10, input_size=32, head="cifar", width=WIDTH, seed=seed,
+               batch_norm=BATCH_NORM)
 
 
-def train(model, label):
+def train(model, label, n_epochs=None):
     """SGD with momentum over the same batches (same seed) for every network."""
     loader = DataLoader(ds.train_images[:n_train], ds.train_labels[:n_train], batch_size=64,
                         seed=0, transform=Compose([HorizontalFlip(), normalize]),
                         drop_last=True)
     opt = SGD(model, lr=0.02, momentum=0.9, weight_decay=5e-4)
     losses, t0 = [], time.perf_counter()
-    for _ in range(epochs):
+    for _ in range(epochs if n_epochs is None else n_epochs):
         for x, y in loader:
             losses.append(train_step(model, opt, x, y)[0])
     seconds = time.perf_counter() - t0
@@ -83,10 +95,14 @@ say("""
     beta = 0.75. What does it do to this network's activations?
 """)
 a_lrn = build("A-LRN")
-first_conv, lrn = a_lrn["features"][0], a_lrn["features"][2]
-assert isinstance(first_conv, Conv2D) and isinstance(lrn, LocalResponseNorm)
+layers = list(a_lrn["features"])
+at = next(i for i, layer in enumerate(layers) if isinstance(layer, LocalResponseNorm))
+first_conv, lrn = layers[0], layers[at]
+assert isinstance(first_conv, Conv2D)
 x0 = normalize(ds.train_images[:32]).astype(np.float32)
-relu_out = a_lrn["features"][1].forward(first_conv.forward(x0, False), False)
+relu_out = x0                    # through conv (batch norm) ReLU, up to the LRN
+for layer in layers[:at]:
+    relu_out = layer.forward(relu_out, False)
 lrn_out = lrn.forward(relu_out, training=False)
 active = relu_out > 0
 scale = (lrn_out[active] / relu_out[active])
@@ -137,8 +153,8 @@ same = all(np.array_equal(dict(d_from_a.named_parameters())[f"{dst}.weight"].dat
 print(f"   copied weights identical: {same}; D's other "
       f"{sum(1 for _, m in d_from_a.named_layers() if isinstance(m, Conv2D)) - 4} "
       "convolutions keep their random start")
-losses_dr, top1_dr, _ = train(d_random, "D, random")
-losses_da, top1_da, _ = train(d_from_a, "D, from A")
+losses_dr, top1_dr, _ = train(d_random, "D, random", epochs_d)
+losses_da, top1_da, _ = train(d_from_a, "D, from A", epochs_d)
 fig, ax = plt.subplots(figsize=(6, 3.4))
 for losses, label in ((losses_a, "A (random start)"), (losses_dr, "D, random start"),
                       (losses_da, "D, initialised from A")):

@@ -111,18 +111,8 @@ def _number(text: str) -> int:
     return int(text.replace(",", ""))
 
 
-# Known gaps, kept visible: lesson 16 trains five networks without batch norm (as the paper
-# did) for 64 steps each, which the shapes set's ln-10 plateau outlasts.
-NOT_YET_ABOVE_CHANCE_ON_SHAPES = {
-    "16_paper_tricks": "five no-batch-norm networks for 64 steps each stay on the plateau",
-}
-
-
 def _training_params():
-    return [pytest.param(p, id=p.stem, marks=pytest.mark.xfail(
-                reason=NOT_YET_ABOVE_CHANCE_ON_SHAPES[p.stem], strict=False))
-            if p.stem in NOT_YET_ABOVE_CHANCE_ON_SHAPES else pytest.param(p, id=p.stem)
-            for p in training_lessons()]
+    return [pytest.param(p, id=p.stem) for p in training_lessons()]
 
 
 @pytest.mark.slow
