@@ -172,7 +172,8 @@ class Server:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/cifar-10-python.tar.gz"
+        self.base = f"http://127.0.0.1:{self.httpd.server_port}/"     # any path serves body
+        self.url = self.base + "cifar-10-python.tar.gz"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self):

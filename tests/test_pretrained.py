@@ -5,14 +5,12 @@ same logits as torchvision's VGG layout for every configuration."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
 import pickle
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from minivgg.pretrained import (
     torch_layout,
 )
 from minivgg.weights import hub
+from tests.test_data_cifar import Server  # 127.0.0.1, serves one body, counts requests
 
 NAMES = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
 MAGIC = 0x1950A86A20F9469CFC6C
@@ -215,38 +214,6 @@ def test_a_misfit_leaves_the_model_unchanged():
 
 
 # --- by name: download once, checked by the SHA-256 prefix in the name --------------------
-
-class Server:
-    """http.server on 127.0.0.1 serving ``body`` at any path; counts requests."""
-
-    def __init__(self, body: bytes):
-        self.body, self.requests = body, 0
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                owner.requests += 1
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(owner.body)))
-                self.end_headers()
-                self.wfile.write(owner.body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_port}/models/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
 
 def files_under(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
