@@ -6,6 +6,7 @@
 Files, from the outside in:
 
     api.py          the public functions: checks, output sizes, allocation, NCHW views
+    batch_norm.py   the same for batch norm's statistics, normalisation and backward
     dispatch.py     which implementation computes an array (by the array, and one setting)
     reference.py    the specification in plain NumPy: what lessons read, tests compare with
     cpu.py          the same loops in Numba (NHWC memory)      winograd_cpu.py  its Winograd
@@ -31,6 +32,11 @@ from minivgg.kernels.api import (
     winograd_conv_backward,
     winograd_conv_forward,
 )
+from minivgg.kernels.batch_norm import (
+    batchnorm_backward,
+    batchnorm_normalize,
+    batchnorm_statistics,
+)
 from minivgg.kernels.checks import FLOAT_DTYPES
 from minivgg.kernels.dispatch import (
     WINOGRAD_MIN_CHANNELS,
@@ -42,7 +48,8 @@ from minivgg.kernels.reference import conv_output_size
 from minivgg.kernels.workspace import Workspace, thread_workspace
 
 __all__ = ["im2col", "col2im", "maxpool_forward", "maxpool_backward", "relu_forward",
-           "relu_backward", "matmul", "winograd_conv_forward", "winograd_conv_backward",
+           "relu_backward", "matmul", "batchnorm_statistics", "batchnorm_normalize",
+           "batchnorm_backward", "winograd_conv_forward", "winograd_conv_backward",
            "conv_output_size", "implementation", "winograd_implementation",
            "winograd_preferred", "WINOGRAD_MIN_CHANNELS", "FLOAT_DTYPES", "Workspace",
            "thread_workspace"]

@@ -35,7 +35,9 @@ from minivgg.kernels.blas import matmul_rows
 configure_numba_threads()  # before the first parallel kernel runs
 
 __all__ = ["im2col_nhwc", "col2im_nhwc", "maxpool_forward_nhwc", "maxpool_backward_nhwc",
-           "relu_forward_flat", "relu_backward_flat", "matmul", "MAX_POOL_WINDOW"]
+           "relu_forward_flat", "relu_backward_flat", "matmul", "MAX_POOL_WINDOW",
+           "channel_moments_rows", "channel_grad_sums_rows", "batchnorm_normalize_rows",
+           "batchnorm_dx_rows"]
 
 MAX_POOL_WINDOW = 46340    # argmax is uint8 up to 16 x 16, else int32: i * k + j < 2**31
 
@@ -153,6 +155,69 @@ def relu_forward_flat(x, y, mask):
 def relu_backward_flat(dout, mask, dx):
     for i in prange(dout.size):
         dx[i] = dout[i] if mask[i] else 0
+
+
+# -- batch norm: rows (M, C) of NHWC memory, one channel per column --------------------------
+#
+# Statistics and gradient sums are per-column sums over the M = N*H*W rows. Each of
+# ``sums.shape[0]`` blocks of rows is summed by one thread into its own float64 row of
+# ``sums`` (no two threads write one place); batch_norm.py adds the blocks up. Sums run in
+# float64 even for float32 data. The moments are taken of x - shift, with shift one value
+# of each channel (close to its mean), so the one-pass variance E[(x-s)^2] - E[x-s]^2 does
+# not cancel catastrophically as E[x^2] - E[x]^2 can when the mean is large.
+
+@njit(parallel=True, cache=True)
+def channel_moments_rows(x, shift, sums):
+    """sums[t, 0] = sum of (x - shift), sums[t, 1] = sum of (x - shift)^2 over block t."""
+    m, c = x.shape
+    blocks = sums.shape[0]
+    step = (m + blocks - 1) // blocks
+    for t in prange(blocks):
+        s1, s2 = sums[t, 0], sums[t, 1]
+        s1[:] = 0.0
+        s2[:] = 0.0
+        for i in range(t * step, min(m, (t + 1) * step)):
+            for ch in range(c):
+                v = np.float64(x[i, ch]) - shift[ch]
+                s1[ch] += v
+                s2[ch] += v * v
+
+
+@njit(parallel=True, cache=True)
+def channel_grad_sums_rows(dout, xhat, sums):
+    """sums[t, 0] = sum of dout (dbeta), sums[t, 1] = sum of dout * xhat (dgamma), block t."""
+    m, c = dout.shape
+    blocks = sums.shape[0]
+    step = (m + blocks - 1) // blocks
+    for t in prange(blocks):
+        s1, s2 = sums[t, 0], sums[t, 1]
+        s1[:] = 0.0
+        s2[:] = 0.0
+        for i in range(t * step, min(m, (t + 1) * step)):
+            for ch in range(c):
+                g = np.float64(dout[i, ch])
+                s1[ch] += g
+                s2[ch] += g * xhat[i, ch]
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_normalize_rows(x, mean, inv_std, gamma, beta, y, xhat):
+    """xhat = (x - mean) * inv_std, then y = gamma * xhat + beta (pass y as xhat to skip it)."""
+    m, c = x.shape
+    for i in prange(m):
+        for ch in range(c):
+            h = (x[i, ch] - mean[ch]) * inv_std[ch]
+            xhat[i, ch] = h
+            y[i, ch] = gamma[ch] * h + beta[ch]
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_dx_rows(dout, xhat, a, b, c_, dx):
+    """dx = a * dout + b + c_ * xhat, per column (batch_norm.py derives a, b, c_)."""
+    m, c = dout.shape
+    for i in prange(m):
+        for ch in range(c):
+            dx[i, ch] = a[ch] * dout[i, ch] + b[ch] + c_[ch] * xhat[i, ch]
 
 
 def matmul(a, b, out):

@@ -131,6 +131,51 @@ def relu_backward(dout, mask):
     return np.where(mask, dout, np.zeros((), dtype=dout.dtype))
 
 
+# -- batch normalisation: per-channel statistics over (N, H, W) ---------------------------------
+
+def batchnorm_statistics(x):
+    """Mean and (biased) variance of each channel of ``x`` (N, C, H, W): two (C,) arrays.
+
+    ``var = mean((x - mu)^2)``: the two-pass formula (centre first, then square), which
+    stays accurate when the mean is large next to the spread.
+    """
+    mu = x.mean(axis=(0, 2, 3))
+    centred = x - mu.reshape(1, -1, 1, 1)
+    return mu, (centred * centred).mean(axis=(0, 2, 3))
+
+
+def batchnorm_normalize(x, mean, inv_std, gamma, beta):
+    """``xhat = (x - mean) * inv_std`` and ``y = gamma * xhat + beta``, per channel.
+
+    Returns ``(y, xhat)``, both shaped like ``x``; the per-channel arguments are (C,).
+    """
+    def per_channel(v):
+        return v.reshape(1, -1, 1, 1)
+    xhat = (x - per_channel(mean)) * per_channel(inv_std)
+    return per_channel(gamma) * xhat + per_channel(beta), xhat
+
+
+def batchnorm_backward(dout, xhat, gamma, inv_std, batch_statistics: bool):
+    """Gradients of batch norm: ``(dx, dgamma, dbeta)``, with sums over (N, H, W).
+
+        dbeta  = sum(dout)              dgamma = sum(dout * xhat)
+        dx     = gamma * inv_std / M * (M * dout - dbeta - xhat * dgamma)   (batch statistics)
+        dx     = gamma * inv_std * dout                       (running statistics: constants)
+
+    M = N * H * W, the values each channel's statistics were taken over.
+    """
+    def per_channel(v):
+        return v.reshape(1, -1, 1, 1)
+    dbeta = dout.sum(axis=(0, 2, 3))
+    dgamma = (dout * xhat).sum(axis=(0, 2, 3))
+    scale = per_channel(gamma * inv_std)
+    if not batch_statistics:
+        return dout * scale, dgamma, dbeta
+    m = dout.shape[0] * dout.shape[2] * dout.shape[3]
+    dx = scale / m * (m * dout - per_channel(dbeta) - xhat * per_channel(dgamma))
+    return dx, dgamma, dbeta
+
+
 # -- naive loops: test oracles and teaching material, never used for training --------------
 
 def conv2d_naive(x, weight, bias=None, stride: int = 1, pad: int = 0):

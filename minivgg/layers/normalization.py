@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from minivgg import kernels
 from minivgg.backend import get_array_module
 from minivgg.layers.base import Layer, Parameter
+from minivgg.modes import grad_enabled
 
 
 def _window_sum(a, half: int):
@@ -100,6 +102,9 @@ class BatchNorm2D(Layer):
 
     gamma and beta are Parameters without weight decay; running_mean and running_var are
     buffers (``named_buffers()``), saved by ``state_dict()``.
+
+    The arithmetic runs in minivgg.kernels (kernels/batch_norm.py): its reference is the
+    math above in NumPy; the Numba loops compute each sum in one pass over NHWC memory.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
@@ -126,42 +131,33 @@ class BatchNorm2D(Layer):
             self._fail(f"expected {self.num_features} channels, got input of shape "
                        f"{tuple(x.shape)} with {x.shape[1]}")
         self._check_dtype(x, self.gamma.data)
-        gamma = self.gamma.data.reshape(1, -1, 1, 1)
-        beta = self.beta.data.reshape(1, -1, 1, 1)
-        if not self._is_training(training):
-            inv_std = 1.0 / get_array_module(x).sqrt(self.running_var + self.eps)
-            xhat = (x - self.running_mean.reshape(1, -1, 1, 1)) * inv_std.reshape(1, -1, 1, 1)
-            self._keep(("eval", xhat, inv_std))
-            return gamma * xhat + beta
-        m = x.shape[0] * x.shape[2] * x.shape[3]
-        if m < 2:
-            self._fail(f"training needs more than one value per channel to estimate a "
-                       f"variance, got input of shape {tuple(x.shape)}")
         xp = get_array_module(x)
-        mu = x.mean(axis=(0, 2, 3))
-        centred = x - mu.reshape(1, -1, 1, 1)
-        var = (centred * centred).mean(axis=(0, 2, 3))
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
-        xhat = centred * inv_std.reshape(1, -1, 1, 1)
-        mom = self.momentum
-        self.running_mean[...] = (1 - mom) * self.running_mean + mom * mu
-        self.running_var[...] = (1 - mom) * self.running_var + mom * var * (m / (m - 1))
-        self._keep(("train", xhat, inv_std))
-        return gamma * xhat + beta
+        if not self._is_training(training):
+            mean, var = self.running_mean, self.running_var
+        else:
+            m = x.shape[0] * x.shape[2] * x.shape[3]
+            if m < 2:
+                self._fail(f"training needs more than one value per channel to estimate a "
+                           f"variance, got input of shape {tuple(x.shape)}")
+            mean, var = kernels.batchnorm_statistics(x)
+            mom = self.momentum
+            self.running_mean[...] = (1 - mom) * self.running_mean + mom * mean
+            self.running_var[...] = (1 - mom) * self.running_var + mom * var * (m / (m - 1))
+        inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)
+        y, xhat = kernels.batchnorm_normalize(x, mean, inv_std, self.gamma.data,
+                                              self.beta.data, keep_xhat=grad_enabled())
+        self._keep((self._is_training(training), xhat, inv_std))
+        return y
 
     def backward(self, dout):
-        mode, xhat, inv_std = self._cached(self.cache)
+        batch_statistics, xhat, inv_std = self._cached(self.cache)
         self._check_grad(dout, xhat.shape)
         self.cache = None
-        m = dout.shape[0] * dout.shape[2] * dout.shape[3]
-        dbeta = dout.sum(axis=(0, 2, 3))
-        dgamma = (dout * xhat).sum(axis=(0, 2, 3))
+        dx, dgamma, dbeta = kernels.batchnorm_backward(dout, xhat, self.gamma.data, inv_std,
+                                                       batch_statistics)
         self.beta.grad[...] = dbeta
         self.gamma.grad[...] = dgamma
-        if mode == "eval":                   # running statistics: constants, no mu/var terms
-            return dout * (self.gamma.data * inv_std).reshape(1, -1, 1, 1)
-        coef = (self.gamma.data * inv_std / m).reshape(1, -1, 1, 1)
-        return coef * (m * dout - dbeta.reshape(1, -1, 1, 1) - xhat * dgamma.reshape(1, -1, 1, 1))
+        return dx
 
     def __repr__(self):
         return f"BatchNorm2D({self.num_features}, eps={self.eps}, momentum={self.momentum})"

@@ -1,0 +1,125 @@
+"""The batch-norm kernels (kernels/batch_norm.py) on every backend equal the reference.
+
+The compiled loops add in another order than NumPy (blocks of rows, in float64), so the
+comparison has a tolerance: float64 results to ~1e-12 relative, float32 to the rounding of
+a float32 value (the reference itself accumulates its sums in float32). Layouts, shapes
+and dtypes are drawn by hypothesis, as in test_kernels.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_kernels import KERNEL_BACKENDS, SETTINGS, kernel_module, layouts
+
+from minivgg import backend
+from minivgg.kernels import reference
+
+TOL = {np.float64: dict(rtol=1e-11, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-5)}
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    saved = backend._cpu_kernels, backend._device
+    yield
+    backend._cpu_kernels, backend._device = saved
+
+
+@st.composite
+def bn_cases(draw):
+    return dict(n=draw(st.integers(1, 4)), c=draw(st.integers(1, 7)),
+                h=draw(st.integers(1, 6)), w=draw(st.integers(1, 6)),
+                dtype=draw(st.sampled_from([np.float32, np.float64])),
+                layout=draw(st.sampled_from(["nchw", "nhwc", "strided"])),
+                batch_statistics=draw(st.booleans()), seed=draw(st.integers(0, 2**31)))
+
+
+def close(actual, expected, dtype):
+    actual = np.asarray(actual)
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    np.testing.assert_allclose(actual, expected, **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend_name", KERNEL_BACKENDS)
+@SETTINGS
+@given(case=bn_cases())
+def test_batchnorm_kernels_equal_reference(backend_name, case):
+    k, dev, host = kernel_module(backend_name)
+    rng = np.random.default_rng(case["seed"])
+    n, c, h, w, dtype = (case[key] for key in ("n", "c", "h", "w", "dtype"))
+    x = (3.0 + 2.0 * rng.standard_normal((n, c, h, w))).astype(dtype)
+    dout = rng.standard_normal((n, c, h, w)).astype(dtype)
+    gamma, beta = (rng.standard_normal(c).astype(dtype) for _ in range(2))
+
+    mean, var = k.batchnorm_statistics(dev(layouts(x, case["layout"])))
+    ref_mean, ref_var = reference.batchnorm_statistics(x)
+    close(host(mean), ref_mean, dtype)
+    close(host(var), ref_var, dtype)
+
+    inv_std = (1 / np.sqrt(ref_var + 1e-5)).astype(dtype)
+    y, xhat = k.batchnorm_normalize(dev(layouts(x, case["layout"])), dev(ref_mean),
+                                    dev(inv_std), dev(gamma), dev(beta))
+    ref_y, ref_xhat = reference.batchnorm_normalize(x, ref_mean, inv_std, gamma, beta)
+    close(host(y), ref_y, dtype)
+    close(host(xhat), ref_xhat, dtype)
+
+    got = k.batchnorm_backward(dev(layouts(dout, case["layout"])), dev(ref_xhat), dev(gamma),
+                               dev(inv_std), case["batch_statistics"])
+    want = reference.batchnorm_backward(dout, ref_xhat, gamma, inv_std,
+                                        case["batch_statistics"])
+    scale = np.abs(want[0]).max() + 1.0          # dx is a difference of similar terms
+    np.testing.assert_allclose(host(got[0]), want[0], rtol=0, atol=TOL[dtype]["atol"] * scale)
+    assert host(got[0]).dtype == want[0].dtype
+    for g, r in zip(got[1:], want[1:]):           # dgamma, dbeta: sums over N*H*W values
+        np.testing.assert_allclose(host(g), r, rtol=TOL[dtype]["rtol"] * 10,
+                                   atol=TOL[dtype]["atol"] * n * h * w)
+
+
+@pytest.mark.parametrize("backend_name", KERNEL_BACKENDS)
+def test_statistics_stay_accurate_when_the_mean_dwarfs_the_spread(backend_name):
+    """float32 values around 1e4 with spread 1: E[x^2] - E[x]^2 in float32 would lose every
+    digit of the variance; the shifted float64 sums keep it (against float64 truth)."""
+    k, dev, host = kernel_module(backend_name)
+    rng = np.random.default_rng(0)
+    x64 = 1e4 + rng.standard_normal((8, 3, 16, 16))
+    x = x64.astype(np.float32)
+    mean, var = k.batchnorm_statistics(dev(x))
+    truth = x.astype(np.float64)
+    np.testing.assert_allclose(host(mean), truth.mean(axis=(0, 2, 3)), rtol=1e-7)
+    np.testing.assert_allclose(host(var), truth.var(axis=(0, 2, 3)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend_name", KERNEL_BACKENDS)
+def test_outputs_keep_nhwc_memory_and_xhat_is_optional(backend_name, rng):
+    k, dev, host = kernel_module(backend_name)
+    x = layouts(rng.standard_normal((2, 5, 4, 3)), "nhwc")
+    ones, zeros = np.ones(5), np.zeros(5)
+    y, xhat = k.batchnorm_normalize(dev(x), dev(zeros), dev(ones), dev(ones), dev(zeros),
+                                    keep_xhat=False)
+    assert xhat is None
+    np.testing.assert_allclose(host(y), x, rtol=1e-15)
+    if backend_name == "numba":
+        assert y.transpose(0, 2, 3, 1).flags.c_contiguous      # an NCHW view of NHWC
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", *KERNEL_BACKENDS])
+def test_batchnorm_kernels_refuse_bad_arguments_naming_themselves(backend_name):
+    if backend_name == "numpy":
+        from minivgg import kernels as k
+        backend.set_cpu_kernels("numpy")
+        dev = np.asarray
+    else:
+        k, dev, _ = kernel_module(backend_name)
+    x = dev(np.ones((2, 3, 4, 4), np.float32))
+    v3 = dev(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"batchnorm_normalize: expected gamma of shape \(3,\)"):
+        k.batchnorm_normalize(x, v3, v3, dev(np.ones(4, np.float32)), v3)
+    with pytest.raises(TypeError, match="batchnorm_normalize: expected one dtype"):
+        k.batchnorm_normalize(x, v3, v3, dev(np.ones(3)), v3)
+    with pytest.raises(ValueError,
+                       match=r"batchnorm_backward: expected dout of shape \(2, 3, 4, 4\)"):
+        k.batchnorm_backward(dev(np.ones((2, 3, 4, 5), np.float32)), x, v3, v3, True)
+    with pytest.raises(TypeError, match="batchnorm_statistics: x has dtype int32"):
+        k.batchnorm_statistics(dev(np.ones((2, 3, 4, 4), np.int32)))
