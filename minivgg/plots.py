@@ -200,13 +200,17 @@ def plot_feature_maps(model, image: np.ndarray, x, path, per_block: int = 8) -> 
     return _save(fig, path)
 
 
-def run_plots(run_dir, run, history) -> list[Path]:
+def run_plots(run_dir, run, history, test_result=None) -> list[Path]:
     """All five figures of a finished run (``run`` from minivgg.run.build_run, its model as
-    it is at the end of training), drawn from the test set."""
+    it is at the end of training), drawn from the test set.
+
+    ``test_result``: the evaluation of this model on the test set with predictions
+    (minivgg.scoring.evaluate), when the caller has it; else it is computed here.
+    """
     from minivgg.run import test_transform
     from minivgg.scoring import evaluate
     run_dir, ds = Path(run_dir), run.dataset
-    result = evaluate(run.model, run.test_loader, predictions=True)
+    result = test_result or evaluate(run.model, run.test_loader, predictions=True)
     x = test_transform(run.config, run.normalize)(ds.test_images[:1], None).astype(np.float32)
     return [plot_curves(history, run_dir / "curves.png"),
             plot_confusion(result["labels"], result["predicted"], run.classes,

@@ -102,6 +102,7 @@ class Trainer:
         self.best_top1, self.best_epoch, self.best_step = -1.0, None, None
         self.elapsed, self.global_step = 0.0, 0
         self.stop_requested = 0                  # the signal that asked to stop, if any
+        self.last_test = None                    # the last test evaluation, predictions too
 
     @classmethod
     def for_run(cls, run, run_dir, progress: bool = True, log=print) -> Trainer:
@@ -198,7 +199,10 @@ class Trainer:
         return time.strftime("%H:%M:%S", time.gmtime(left))
 
     def _score(self, split: str, loader) -> dict:
-        result = evaluate(self.model, loader)
+        result = evaluate(self.model, loader, predictions=(split == "test"))
+        if split == "test":        # the figures of a finished run reuse the last epoch's
+            self.last_test = result
+
         if not math.isfinite(result["loss"]):          # the last update broke the weights
             raise TrainingDiverged(
                 f"diverged: the {SPLIT_NAMES[split]} loss became {result['loss']} after "

@@ -252,3 +252,21 @@ def test_summary_plot_draws_the_blocks(tmp_path, capsys):
     assert main(["summary", "vgg16", "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_the_figures_reuse_the_last_test_evaluation(tmp_path, monkeypatch):
+    """A finished run scores the test set once per epoch; drawing its figures adds none."""
+    from minivgg import scoring
+    from minivgg import train as train_module
+    passes, evaluate = [], scoring.evaluate
+
+    def counted(model, loader, predictions=False):
+        passes.append(len(loader.labels))
+        return evaluate(model, loader, predictions)
+    monkeypatch.setattr(train_module, "evaluate", counted)
+    monkeypatch.setattr("minivgg.scoring.evaluate", counted)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "shapes", "--limit", "96", "--out", str(run), *QUICK,
+                 "--epochs", "2", "--val-split", "0"]) == 0
+    assert len(passes) == 2                       # epochs 1 and 2, nothing for the figures
+    assert all((run / name).exists() for name in RUN_FILES)

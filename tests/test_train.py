@@ -216,7 +216,7 @@ def test_best_and_plateau_follow_validation_accuracy_never_test(shapes, tmp_path
     scripted = {id(trainer.val_loader): iter([60.0, 40.0, 50.0]),
                 id(trainer.test_loader): iter([10.0, 50.0, 90.0])}
 
-    def scores(model, loader):
+    def scores(model, loader, predictions=False):
         return {"loss": 1.0, "top1": next(scripted[id(loader)]), "top5": 100.0, "n": 16}
     monkeypatch.setattr(train_module, "evaluate", scores)
     trainer.fit()

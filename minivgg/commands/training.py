@@ -93,7 +93,7 @@ def train_in(run, run_dir: Path, args) -> int:
     report(trainer, run_dir)
     if not args.no_plots:
         from minivgg.plots import run_plots
-        run_plots(run_dir, run, trainer.history)
+        run_plots(run_dir, run, trainer.history, trainer.last_test)   # no second test pass
     return 0
 
 
