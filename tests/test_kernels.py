@@ -293,6 +293,26 @@ def test_conv2d_reuses_its_buffer_from_step_to_step(cpu_kernels, algorithm, rng)
     assert np.shares_memory(first, conv.cache.buffer)
 
 
+@pytest.mark.parametrize("cpu_kernels,algorithm", [("numpy", "im2col"), ("numba", "im2col"),
+                                                   ("numba", "winograd")])
+def test_inference_layers_share_one_scratch_buffer(cpu_kernels, algorithm, rng):
+    """Under no_grad nothing is kept for backward: the layers' scratch is the thread's, so
+    a deep network holds one column matrix (not one per layer), and the result is the same."""
+    from minivgg.layers import Conv2D
+    from minivgg.modes import no_grad
+    mv.set_cpu_kernels(cpu_kernels)
+    a, b = (Conv2D(16, 16, rng=rng, algorithm=algorithm) for _ in range(2))
+    x = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    with_grad = b.forward(a.forward(x))
+    a._workspace.clear()
+    b._workspace.clear()
+    with no_grad():
+        y = b.forward(a.forward(x))
+    np.testing.assert_array_equal(y, with_grad)
+    assert a._workspace.nbytes == b._workspace.nbytes == 0
+    assert kernels.thread_workspace().nbytes > 0
+
+
 # -- the checks every implementation shares (api.py, checks.py) -------------------------------
 
 ALL_BACKENDS = [pytest.param("numpy", id="numpy"), *KERNEL_BACKENDS]

@@ -11,6 +11,7 @@ from minivgg.backend import get_array_module
 from minivgg.kernels.winograd import applies as winograd_applies
 from minivgg.kernels.winograd import tile_grid
 from minivgg.layers.base import Layer, Parameter, he_normal
+from minivgg.modes import grad_enabled
 
 ALGORITHMS = ("im2col", "winograd", "auto")
 
@@ -62,7 +63,9 @@ class Conv2D(Layer):
     kernels read such views directly. ``cols`` lives in the layer's workspace
     (kernels/workspace.py): backward writes ``dcols`` over it, once ``dWm`` is computed, and
     the next forward writes its ``cols`` into the same memory (fresh arrays of tens of
-    megabytes would cost page faults every step).
+    megabytes would cost page faults every step). Under ``no_grad()`` nothing is kept for
+    backward, so every layer writes into one buffer of the thread's instead (inference
+    then holds one column matrix, not one per layer).
 
     ``algorithm``: "im2col" (the above, for every convolution), "winograd" (F(2x2, 3x3),
     kernels/winograd.py: 2.25x fewer multiplications, for 3x3 stride-1 padding-1 only; NumPy
@@ -146,7 +149,10 @@ class Conv2D(Layer):
         self._check_dtype(x, self.weight.data)
 
     def _buffer(self, key, shape, x):
-        return self._workspace.buffer(key, shape, x.dtype, get_array_module(x))
+        """The scratch buffer for ``key``: this layer's own while gradients are on (backward
+        reads it), else the thread's, shared by every layer (nothing outlives the call)."""
+        workspace = self._workspace if grad_enabled() else kernels.thread_workspace()
+        return workspace.buffer(f"conv2d-{key}", shape, x.dtype, get_array_module(x))
 
     def _forward_im2col(self, x):
         """Y = im2col(x) @ Wm.T + bias, returned as the NCHW view of the NHWC rows."""
