@@ -68,8 +68,9 @@ def inference_bytes(model, input_shape, batch: int, device: str = "cpu") -> int:
             if device == "cpu" and layer.uses_winograd(probe):
                 th, tw = tile_grid(h, w)
                 f = layer.out_channels
-                tiles_in = max(tiles_in, 16 * th * tw * c * batch * size)
-                tiles_out = max(tiles_out, 16 * th * tw * f * batch * size)
+                chunk = kernels.images_per_chunk(batch, 16 * th * tw * (c + f) * size)
+                tiles_in = max(tiles_in, 16 * th * tw * c * chunk * size)
+                tiles_out = max(tiles_out, 16 * th * tw * f * chunk * size)
                 filters = max(filters, 16 * c * f * size)
             else:
                 one = out[1] * out[2] * c * layer.kernel_size ** 2 * size

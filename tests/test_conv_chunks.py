@@ -88,3 +88,26 @@ def test_vgg16_conv1_2_at_224_would_need_58_gb_and_now_takes_the_budget():
     per_image = 224 * 224 * 64 * 9 * 4
     assert 500 * per_image == pytest.approx(57.8e9, rel=1e-3)
     assert conv.images_per_chunk(x) == kernels.COLUMN_BUDGET_BYTES // per_image == 9
+
+
+def test_winograd_inference_in_chunks_equals_the_whole_batch(rng):
+    """Under no_grad Winograd's tiles (V, and the output tiles M) are built a chunk of
+    images at a time when they exceed the budget: same result, less scratch."""
+    mv.set_cpu_kernels("numba")
+    conv = Conv2D(16, 8, rng=rng, algorithm="winograd")
+    x = np.ascontiguousarray(rng.standard_normal((5, 6, 6, 16)).astype(np.float32))
+    x = x.transpose(0, 3, 1, 2)
+    with no_grad():
+        whole = conv.forward(x)
+    per_image = 16 * 3 * 3 * (16 + 8) * 4
+    kernels.set_column_budget(2 * per_image)
+    kernels.thread_workspace().clear()
+    with no_grad():
+        chunked = conv.forward(x)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)   # GEMMs of other sizes
+    assert chunked.transpose(0, 2, 3, 1).flags.c_contiguous
+    scratch = sum(b.nbytes for k, b in kernels.thread_workspace()._buffers.items()
+                  if k in ("conv2d-tiles", "winograd.M"))
+    assert scratch <= 2 * per_image
+    conv.forward(x)                                     # training keeps whole tiles
+    assert conv.cache.algorithm == "winograd" and conv.cache.buffer.shape[1] == 5 * 9

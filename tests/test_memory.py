@@ -94,3 +94,29 @@ def test_a_run_on_the_gpu_evaluates_in_batches_the_device_holds(monkeypatch):
     batch = eval_batch_size(run)
     assert 1 <= batch < 500
     assert inference_bytes(model, (3, 32, 32), batch, "gpu") <= HEADROOM * card - CONTEXT_BYTES
+
+
+def test_a_smaller_budget_lowers_the_estimate_and_the_real_peak():
+    """With the Numba kernels (Winograd) a budget below the batch's tiles chunks them: the
+    estimate falls, and so does what NumPy really allocates (tracemalloc)."""
+    mv.set_cpu_kernels("numba")
+    model = vgg("A", 10, 32, head="cifar", width=0.5, seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    with no_grad():
+        model.forward(x[:1])
+    saved = kernels.column_budget()
+    peaks, estimates = [], []
+    try:
+        for budget in (saved, 256 << 10):
+            kernels.set_column_budget(budget)
+            kernels.thread_workspace().clear()
+            tracemalloc.start()
+            with no_grad():
+                model.forward(x)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+            estimates.append(inference_bytes(model, (3, 32, 32), 16, "cpu") - fixed_bytes(model))
+    finally:
+        kernels.set_column_budget(saved)
+    assert peaks[1] < 0.8 * peaks[0] and estimates[1] < estimates[0]
+    assert all(p <= e for p, e in zip(peaks, estimates)), (peaks, estimates)

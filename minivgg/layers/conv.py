@@ -68,7 +68,8 @@ class Conv2D(Layer):
     then holds one column matrix, not one per layer).
     A batch whose column matrix would exceed the column budget (1 GiB by default,
     ``kernels.set_column_budget``) is convolved in chunks of images: forward keeps x
-    instead of its columns, and backward rebuilds each chunk's columns from it.
+    instead of its columns, and backward rebuilds each chunk's columns from it. Winograd
+    does the same in inference (under ``no_grad``: its tiles and output tiles per chunk).
 
     ``algorithm``: "im2col" (the above, for every convolution), "winograd" (F(2x2, 3x3),
     kernels/winograd.py: 2.25x fewer multiplications, for 3x3 stride-1 padding-1 only; NumPy
@@ -212,10 +213,21 @@ class Conv2D(Layer):
         """y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A for every tile (kernels/winograd.py)."""
         n, c, h, w = x.shape
         th, tw = tile_grid(h, w)
-        tiles = self._buffer("tiles", (16, n * th * tw, c), x)
         bias = None if self.bias is None else self.bias.data
-        y, v = kernels.winograd_conv_forward(x, self.weight.data, bias, out=tiles)
-        return y, _Cache("winograd", v, tuple(x.shape), tuple(y.shape))
+        per_image = 16 * th * tw * (c + self.out_channels) * x.dtype.itemsize   # V and M
+        chunk = n if grad_enabled() else kernels.images_per_chunk(n, per_image)
+        if chunk >= n:
+            tiles = self._buffer("tiles", (16, n * th * tw, c), x)
+            y, v = kernels.winograd_conv_forward(x, self.weight.data, bias, out=tiles)
+            return y, _Cache("winograd", v, tuple(x.shape), tuple(y.shape))
+        # Inference keeps no tiles for backward, so a batch whose input and output tiles
+        # exceed the column budget is transformed a chunk of images at a time.
+        y = np.empty((n, h, w, self.out_channels), dtype=x.dtype).transpose(0, 3, 1, 2)
+        for start, part in self._chunks(x, chunk):
+            tiles = self._buffer("tiles", (16, len(part) * th * tw, c), x)
+            y[start:start + len(part)], _ = kernels.winograd_conv_forward(
+                part, self.weight.data, bias, out=tiles)
+        return y, None
 
     # -- backward --------------------------------------------------------------------------
     def backward(self, dout):
