@@ -22,7 +22,7 @@ temporary per operation, so for them it is 3 x the columns and 3 x each layer's 
 It is an upper estimate (tests check it against what NumPy really allocates), so a batch
 it accepts fits. ``fit_eval_batch`` turns it round: the largest batch, up to the one asked
 for, whose estimate stays within a fraction of the device's memory. VGG-16 at 224x224
-needs about 40 MB per image, so a 24 GB card evaluates batches of ~450, not 500.
+needs about 39 MB per image, so a 24 GB card evaluates batches of ~420, not 500.
 """
 
 from __future__ import annotations

@@ -304,7 +304,7 @@ def _add_loaders(run: Run, ds: Dataset, parts: dict) -> None:
 
 def eval_batch_size(run: Run) -> int:
     """The configured evaluation batch; on the GPU, no larger than the device holds
-    (minivgg/memory.py: VGG-16 at 224 evaluates in batches of ~450 on a 24 GB card)."""
+    (minivgg/memory.py: VGG-16 at 224 evaluates in batches of ~420 on a 24 GB card)."""
     batch = run.config["eval_batch_size"]
     if run.device != "gpu":
         return batch
