@@ -131,7 +131,7 @@ def cupy_problem() -> tuple[str, str] | None:
         import cupy
     except ImportError as exc:
         if getattr(exc, "name", None) == "cupy" or "No module named 'cupy'" in str(exc):
-            return _problem("not installed", "import cupy")
+            return _problem("not installed", "no module named cupy")
         return _problem(classify(str(exc)) or "CUDA library missing", "import cupy", exc)
     except Exception as exc:     # OSError: libcudart/libnvrtc/libcublas that cannot be loaded
         return _problem(classify(str(exc)) or "CUDA library missing", "import cupy", exc)
