@@ -79,16 +79,31 @@ def torch_model(channels_last):
     return model
 
 
+def split_precision(name):
+    """"cupy+tf32" -> ("cupy", True): a variant allowed TF32 for its float32 GEMMs (and
+    PyTorch's convolutions); without the suffix both run exact float32."""
+    base, plus, precision = name.partition("+")
+    if plus and precision != "tf32":
+        raise ValueError(f"unknown precision {precision!r} in variant {name!r}; expected +tf32")
+    return base, bool(plus)
+
+
 class MinivggRunner:
-    """One training step = minivgg.train.train_step: forward, loss, backward, SGD update."""
+    """One training step = minivgg.train.train_step: forward, loss, backward, SGD update.
+
+    Variants share the process, so each one's settings (backend, TF32) are made current by
+    ``activate()``, which the timing loop calls *before* starting its clock: no probe, no
+    backend switch and no device-to-host copy inside a timed step.
+    """
 
     def __init__(self, name, batch):
         import minivgg as mv
         from minivgg.optim import SGD
         from minivgg.train import train_step
+        name, self.tf32 = split_precision(name)
         backend, _, algorithm = name.partition("-")        # "numba-winograd" -> numba, winograd
         self.backend, self.mv, self.step = backend, mv, train_step
-        mv.set_backend(backend)
+        self.activate()
         self.device = mv.resolve_device("gpu" if backend == "cupy" else "cpu")
         self.model = minivgg_model(algorithm=algorithm or "auto")
         self.optimizer = SGD(self.model, LR, MOMENTUM, weight_decay=0.0)
@@ -98,14 +113,20 @@ class MinivggRunner:
         self.x = mv.to_device(x, self.device)
         self.y = mv.to_device(rng.integers(0, 10, batch), self.device)
 
+    def activate(self):
+        """Make this variant's backend and TF32 setting current (outside any timing)."""
+        if self.backend == "cupy":
+            self.mv.set_backend("cupy", tf32=self.tf32)
+        else:
+            self.mv.set_backend(self.backend)
+
     def train_step(self):
-        self.mv.set_backend(self.backend)          # variants share the process
-        loss, _ = self.step(self.model, self.optimizer, self.x, self.y)
+        """One step; returns the loss as train_step gives it (not copied to the host)."""
+        out = self.step(self.model, self.optimizer, self.x, self.y)
         self.sync()
-        return loss
+        return out[0] if isinstance(out, tuple) else out
 
     def infer(self):
-        self.mv.set_backend(self.backend)
         self.model.eval()
         with self.mv.no_grad():
             self.model.forward(self.x)
@@ -124,8 +145,9 @@ class MinivggRunner:
 
 
 class TorchRunner:
-    def __init__(self, layout, batch):
+    def __init__(self, name, batch):
         import torch
+        layout, self.tf32 = split_precision(name)
         self.torch, self.device = torch, "cuda" if torch.cuda.is_available() else "cpu"
         torch.manual_seed(0)
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
@@ -133,6 +155,13 @@ class TorchRunner:
         self.x = torch.randn(batch, 3, 32, 32, device=self.device).to(memory_format=fmt)
         self.y = torch.randint(0, 10, (batch,), device=self.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def activate(self):
+        """TF32 as the variant says, for cuBLAS and cuDNN alike (PyTorch's defaults differ:
+        convolutions allow TF32, matmuls do not), so the comparison is like for like."""
+        if self.device == "cuda":
+            self.torch.backends.cuda.matmul.allow_tf32 = self.tf32
+            self.torch.backends.cudnn.allow_tf32 = self.tf32
 
     def train_step(self):
         self.model.train()
@@ -172,11 +201,14 @@ def available_variants():
     if has_numba:
         # "numba" is what users get (Conv2D's algorithm="auto"); the others force one algorithm
         variants += ["minivgg:numba", "minivgg:numba-im2col", "minivgg:numba-winograd"]
-    if b.cupy_problem() is None:
-        variants.append("minivgg:cupy")
+    gpu = b.cupy_problem() is None
+    if gpu:                          # exact float32, and TF32 allowed: compared like for like
+        variants += ["minivgg:cupy", "minivgg:cupy+tf32"]
     try:
-        import torch  # noqa: F401
+        import torch
         variants += ["torch:nchw", "torch:channels_last"]
+        if gpu and torch.cuda.is_available():
+            variants += ["torch:nchw+tf32", "torch:channels_last+tf32"]
     except ImportError:
         pass
     return variants
@@ -188,11 +220,13 @@ def time_interleaved(variants, batch, rounds, steps):
     """{(variant, mode): [img/s per round]}; variants alternate inside every round."""
     runners = {v: make_runner(v, batch) for v in variants}
     for r in runners.values():                      # warm-up: JIT, allocator, caches
+        r.activate()
         r.train_step()
         r.infer()
     speeds = {}
     for _ in range(rounds):
         for v, r in runners.items():
+            r.activate()                            # settings switched before the clock
             for mode, fn, k in (("train", r.train_step, steps), ("infer", r.infer, 2 * steps)):
                 t = time.perf_counter()
                 for _ in range(k):
@@ -208,6 +242,7 @@ def worker_memory(variant, batch):
         text = Path("/proc/self/status").read_text()       # parent's peak across fork+exec)
         return int(re.search(field + r":\s+(\d+)", text).group(1)) / 1024
     runner = make_runner(variant, batch)
+    runner.activate()
     after_setup = status_mb("VmRSS")
     for _ in range(2):
         runner.train_step()
@@ -308,7 +343,7 @@ def compare_losses(batch, steps):
     curves = {}
     for name in ("numba-im2col", "numba-winograd"):
         runner = MinivggRunner(name, batch)
-        curves[name] = [runner.train_step() for _ in range(steps)]
+        curves[name] = [float(runner.train_step()) for _ in range(steps)]
     print(f"\nfloat32 losses over {steps} SGD steps (batch {batch}, same start):")
     for i, (a, b) in enumerate(zip(*curves.values())):
         print(f"  step {i}: im2col {a:.7f}  winograd {b:.7f}  relative diff {abs(a - b) / a:.1e}")
@@ -352,14 +387,16 @@ def main():
             for mode in ("train", "infer"):
                 s = speeds[(v, mode)]
                 rows.append({"variant": v, "batch": batch, "mode": mode,
+                             "tf32": split_precision(v.split(":")[1])[1],
                              "img_s": statistics.median(s), "img_s_min": min(s),
                              "img_s_max": max(s), "rounds": len(s),
                              "peak_rss_mb": memory["peak_rss_mb"],
                              "rss_after_setup_mb": memory["rss_after_setup_mb"],
                              "gpu_bytes": memory["gpu_bytes"] or gpu[v]})
-    for row in rows:                                 # ratio to PyTorch's best layout
+    for row in rows:                     # ratio to PyTorch's best layout, same precision
         torch_rows = [r for r in rows if r["variant"].startswith("torch:")
-                      and r["batch"] == row["batch"] and r["mode"] == row["mode"]]
+                      and r["batch"] == row["batch"] and r["mode"] == row["mode"]
+                      and r["tf32"] == row["tf32"]]
         if torch_rows:
             best = max(torch_rows, key=lambda r: r["img_s"])
             row["vs_torch_best"] = row["img_s"] / best["img_s"]

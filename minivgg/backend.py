@@ -25,12 +25,14 @@ loaders put new arrays:
     set_backend("auto")    "cupy" where CuPy runs on a CUDA device, else "numba"
 
 CuPy is imported lazily, so CPU users never pay for it. TF32 for float32 GEMMs on the GPU
-is off unless ``set_tf32(True)`` (or ``tf32=True``) allows it.
+is off (exact float32) unless ``set_tf32(True)`` (or CUPY_TF32=1) allows it: the policy is
+written out above ``set_tf32``.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -40,7 +42,7 @@ DEVICES = ("cpu", "gpu")
 
 _cpu_kernels: str | None = None     # "numba" | "numpy"; from MINIVGG_BACKEND on first use
 _device: str | None = None          # "cpu" | "gpu": where to_device puts new arrays
-_tf32 = False
+_tf32: bool | None = None          # the TF32 switch; None: the default (see set_tf32)
 
 
 class BackendUnavailable(RuntimeError):
@@ -61,40 +63,17 @@ def configure_numba_threads() -> None:
 
 
 def cupy_problem() -> tuple[str, str] | None:
-    """None if CuPy can run here, else (reason, advice).
+    """None if CuPy can run here, else ``(reason, advice)``.
 
-    ``reason`` is one of "not installed", "no device", "CUDA library mismatch".
+    The probe (minivgg/kernels/probe.py) imports CuPy, counts the devices, and runs a CuPy
+    elementwise kernel, one of minivgg's own CUDA kernels and a float32 matmul, so each of
+    the driver, NVRTC, the CUDA headers and cuBLAS is exercised. ``reason`` names what is
+    missing: "not installed", "no NVIDIA driver", "driver too old", "no device",
+    "NVRTC missing", "CUDA headers missing", "cuBLAS missing", "CUDA library missing",
+    "wrong result" or "CUDA error"; ``advice`` says what failed and how to fix it.
     """
-    try:
-        import cupy
-    except ImportError:
-        return ("not installed",
-                "install the GPU extra, pip install -e '.[gpu]', or use set_backend('numba')")
-    except Exception as exc:  # e.g. libcudart/libnvrtc of the wrong version
-        return ("CUDA library mismatch",
-                f"CuPy is installed but failed to import ({exc}); install the cupy-cudaXXx "
-                "wheel that matches the CUDA version nvidia-smi reports, or use 'numba'")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        text = str(exc)
-        if "insufficient" in text.lower() or "version" in text.lower():
-            return ("CUDA library mismatch",
-                    f"the NVIDIA driver is older than CuPy's CUDA runtime ({text}); update the "
-                    "driver or install the cupy-cudaXXx wheel for the driver's CUDA version")
-        return ("no device",
-                f"CuPy could not find a usable CUDA device ({text}); check nvidia-smi and "
-                "CUDA_VISIBLE_DEVICES, or use set_backend('numba')")
-    if count == 0:
-        return ("no device", "CuPy found no CUDA device; use set_backend('numba') on this "
-                "machine, or check nvidia-smi and CUDA_VISIBLE_DEVICES")
-    try:
-        (cupy.arange(4, dtype=cupy.float32) * 2).sum().item()
-    except Exception as exc:
-        return ("CUDA library mismatch",
-                f"CuPy found a device but could not compile or run a kernel on it ({exc}); "
-                "install the cupy-cudaXXx wheel matching the driver's CUDA version")
-    return None
+    from minivgg.kernels.probe import cupy_problem as probe
+    return probe()
 
 
 def require_cupy(who: str = "set_backend('cupy')"):
@@ -143,28 +122,50 @@ def set_backend(name: str = "auto", *, tf32: bool | None = None) -> str:
 
     "numpy" and "numba" put new arrays on the CPU and pick the CPU kernels; "cupy" puts new
     arrays on the GPU (the CPU kernels stay as they were); "auto" is "cupy" where CuPy runs
-    on a CUDA device, else "numba". ``tf32`` (GPU only) sets TF32 as ``set_tf32`` does.
+    on a CUDA device, else "numba" -- with a warning when CuPy is installed but broken (a
+    missing library, a driver too old), so a GPU set-up that needs fixing is not silently
+    replaced by the CPU.
+
+    ``tf32`` is the GPU's TF32 switch (``set_tf32``), applied only when the result is
+    "cupy": ``tf32=True`` with "numpy" or "numba" is an error (the CPU has no TF32, and the
+    call must not change what the GPU does), and with "auto" on a CPU-only machine it does
+    nothing. ``None`` leaves the switch as it is.
 
     Raises BackendUnavailable when "cupy" is asked for and cannot run here; the message
-    says why (not installed, no device, CUDA library mismatch) and what to do.
+    says what is missing and how to fix it. A failed call changes nothing.
     """
     global _device
     if not isinstance(name, str) or name.lower() not in BACKENDS:
         raise ValueError(f"set_backend: unknown backend {name!r}; expected one of {BACKENDS}")
+    _check_tf32_value("set_backend", tf32)
     name = name.lower()
+    if name in CPU_KERNELS and tf32:
+        raise ValueError(f"set_backend: tf32=True applies to the GPU only; {name!r} computes "
+                         "on the CPU, where float32 is always exact (use 'cupy', or "
+                         "set_tf32(True) on its own)")
     if name == "auto":
-        name = "cupy" if cupy_problem() is None else "numba"
+        problem = cupy_problem()
+        name = "cupy" if problem is None else "numba"
+        if problem is not None and problem[0] not in _cupy_absent():
+            warnings.warn(f"set_backend('auto'): CuPy is installed but cannot run here "
+                          f"({problem[0]}): {problem[1]}. Using the CPU ('numba').",
+                          RuntimeWarning, stacklevel=2)
     if name == "cupy":
         require_cupy()
         _device = "gpu"
         if _cpu_kernels is None:
             set_cpu_kernels("numba")
+        if tf32 is not None:
+            set_tf32(tf32)
     else:
         set_cpu_kernels(name)
         _device = "cpu"
-    if tf32 is not None:
-        set_tf32(tf32)
     return name
+
+
+def _cupy_absent():
+    from minivgg.kernels.probe import ABSENT
+    return ABSENT
 
 
 def get_backend() -> str:
@@ -174,20 +175,41 @@ def get_backend() -> str:
 
 
 # -- TF32 ---------------------------------------------------------------------------------
-def set_tf32(enabled: bool) -> None:
-    """Allow (True) or forbid (False, the default) TF32 for float32 GEMMs on the GPU.
+# The policy. float32 GEMMs on the GPU are exact float32 by default, as on the CPU. TF32
+# (inputs rounded to a 10-bit mantissa on GPUs of compute capability >= 8.0: several times
+# faster, results that differ from float32 in the 4th significant digit) is used only where
+# it is allowed, by one process-wide switch:
+#
+#     set_tf32(True)    allow TF32 for minivgg's float32 GEMMs (convolutions, Dense layers)
+#     set_tf32(False)   forbid it (exact float32)
+#     set_tf32(None)    back to the default: off, unless the environment has CUPY_TF32=1
+#                       (CuPy's own variable, read the way CuPy reads it: an integer > 0)
+#
+# The switch is read at each GEMM, and the CuPy setting it needs is set for that GEMM only
+# and restored after (kernels/gpu.py), so nothing leaks into the user's other CuPy code,
+# and a user's CUPY_TF32=1 is never overridden unless set_tf32(False) says so. float64,
+# the CPU and the reductions (kernels.channel_sums) are never affected.
+def _check_tf32_value(who, enabled) -> None:
+    if enabled is not None and not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"{who}: tf32 must be True, False or None, got {enabled!r}")
 
-    TF32 rounds GEMM inputs to a 10-bit mantissa on GPUs of compute capability 8.0 or newer:
-    several times faster, results differ from float32 in the 4th significant digit. float64
-    and the CPU are never affected. The GPU kernels read the setting at each GEMM.
-    """
+
+def set_tf32(enabled: bool | None) -> None:
+    """Allow (True) or forbid (False) TF32 for float32 GEMMs on the GPU; None: the default
+    (off, unless CUPY_TF32=1). See the policy above."""
     global _tf32
-    _tf32 = bool(enabled)
+    _check_tf32_value("set_tf32", enabled)
+    _tf32 = None if enabled is None else bool(enabled)
 
 
 def get_tf32() -> bool:
-    """Whether TF32 is allowed for float32 GEMMs on the GPU."""
-    return _tf32
+    """Whether TF32 is allowed for float32 GEMMs on the GPU now."""
+    if _tf32 is not None:
+        return _tf32
+    try:
+        return int(os.environ.get("CUPY_TF32", "0") or 0) > 0
+    except ValueError:
+        return False
 
 
 # -- arrays -------------------------------------------------------------------------------

@@ -44,6 +44,16 @@ def _freeze_dropout(model, frozen: bool) -> None:
             layer.freeze_mask(frozen)
 
 
+def _copy_keeping_layout(x):
+    """A copy of ``x`` with its axes in the same memory order (NumPy and CuPy: order="K").
+
+    The layers' fast paths depend on the layout (an NCHW view of NHWC memory goes through
+    the kernels without a copy), so a check of "the NHWC case" must hand the layer an NHWC
+    view; a C-order copy would quietly test the NCHW case instead.
+    """
+    return x.copy(order="K")
+
+
 def upstream_rng(seed: int) -> np.random.Generator:
     """The generator of the random upstream gradient: seeded, but never the same stream as
     ``default_rng(seed)``. A caller who draws x from ``default_rng(0)`` must not get g == x:
@@ -64,7 +74,7 @@ def compute_gradients(model, x, loss_fn=None, *, training=True, eps=1e-6, max_en
         raise TypeError(f"gradcheck: expected a float64 input, got {x.dtype}; finite "
                         "differences in float32 are too coarse (see lessons/08)")
     rng, pick = upstream_rng(seed), np.random.default_rng(seed)   # g; sampled entries
-    x = x.copy()
+    x = _copy_keeping_layout(x)             # an NHWC view stays one: the layer sees it
     y = model.forward(x, training)
     _freeze_dropout(model, True)
     try:
@@ -96,15 +106,15 @@ def compute_gradients(model, x, loss_fn=None, *, training=True, eps=1e-6, max_en
         targets += [(k, p.data, analytic[k]) for k, p in tensors.items()]
         for name, arr, grad in targets:
             idx = _sample(arr.size, max_entries, pick)
-            flat = arr.reshape(-1)  # a view: perturbing it perturbs the tensor in place
             numeric = np.empty(len(idx))
             for t, i in enumerate(idx):
-                old = float(flat[i])
-                flat[i] = old + eps
+                at = np.unravel_index(int(i), arr.shape)  # in place, whatever the strides
+                old = float(arr[at])
+                arr[at] = old + eps
                 plus = loss_at()
-                flat[i] = old - eps
+                arr[at] = old - eps
                 minus = loss_at()
-                flat[i] = old
+                arr[at] = old
                 numeric[t] = (plus - minus) / (2 * eps)
             results[name] = (idx, grad.reshape(-1)[idx], numeric)
         return results

@@ -12,23 +12,29 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-subset"
+_GPU = {}
 
 
-def _cuda_works() -> bool:
-    try:
-        import cupy
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+def _gpu_state():
+    """Decided once per session (the probe compiles a kernel): tests/gpu_state.py."""
+    if "state" not in _GPU:
+        from tests.gpu_state import gpu_state
+        _GPU["state"] = gpu_state()
+    return _GPU["state"]
 
 
-def pytest_collection_modifyitems(config, items):
-    """Skip `gpu` tests cleanly where CuPy or a CUDA device is missing."""
-    if any("gpu" in item.keywords for item in items) and not _cuda_works():
-        skip = pytest.mark.skip(reason="needs CuPy and a CUDA device")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
+def pytest_report_header(config):
+    kind, message = _gpu_state()
+    return f"minivgg gpu tests: {kind}" + (f" ({message})" if message else "")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """gpu tests skip where CuPy or a device is missing, and FAIL where CuPy is installed
+    and a device is present but CuPy cannot run (a broken set-up is not a skip)."""
+    if "gpu" in item.keywords:
+        from tests.gpu_state import check_item
+        check_item(item, _gpu_state())
 
 
 @pytest.fixture

@@ -56,7 +56,25 @@ def kernel_module(name):
         pytest.skip("needs CuPy and a CUDA device")
     import cupy
     assert kernels.implementation(cupy.zeros(1)) is gpu
-    return kernels, cupy.asarray, cupy.asnumpy
+    return kernels, lambda x: device_array(x, cupy), cupy.asnumpy
+
+
+def device_array(x, xp):
+    """``x`` on the device of ``xp`` *with x's strides*: an NHWC view stays an NHWC view.
+
+    ``cupy.asarray`` of a NumPy view copies it to C order, so a GPU test built that way
+    would only ever see NCHW memory. Here the memory that ``x`` spans is copied as it is
+    and the view rebuilt over it with ``cupy.lib.stride_tricks.as_strided``.
+    """
+    x = np.asarray(x)
+    if xp is np or x.flags.c_contiguous or x.size == 0:
+        out = xp.asarray(x)
+    else:
+        span = 1 + sum((d - 1) * st for d, st in zip(x.shape, x.strides)) // x.itemsize
+        memory = np.lib.stride_tricks.as_strided(x, (span,), (x.itemsize,)).copy()
+        out = xp.lib.stride_tricks.as_strided(xp.asarray(memory), x.shape, x.strides)
+    assert x.size == 0 or tuple(out.strides) == tuple(x.strides)
+    return out
 
 
 def layouts(x, kind):
@@ -209,14 +227,63 @@ def test_matmul_equals_reference(backend, dtype, shape, rng):
         assert blas._openblas()[0]() == threads                 # BLAS threads restored
 
 
-def test_numba_keeps_nhwc_memory_nhwc(rng):
-    """A conv output (NCHW view of NHWC) stays NHWC through pooling and ReLU: no copies."""
-    k, _, _ = kernel_module("numba")
-    x = np.ascontiguousarray(rng.standard_normal((2, 4, 4, 3))).transpose(0, 3, 1, 2)
-    y, _ = k.relu_forward(x)
-    out, _ = k.maxpool_forward(y, 2, 2)
-    for a in (y, out):
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_nhwc_memory_stays_nhwc(backend, rng):
+    """A conv output (NCHW view of NHWC) stays NHWC through ReLU, pooling and batch norm,
+    forward and backward: no copies to NCHW. On the GPU the input is a real NHWC view of
+    device memory (device_array), as Conv2D hands it on."""
+    k, to_dev, to_host = kernel_module(backend)
+    host = np.ascontiguousarray(rng.standard_normal((2, 4, 4, 3))).transpose(0, 3, 1, 2)
+    x = to_dev(host)
+    assert x.transpose(0, 2, 3, 1).flags.c_contiguous
+    y, mask = k.relu_forward(x)
+    out, argmax = k.maxpool_forward(y, 2, 2)
+    dx = k.maxpool_backward(out, argmax, y.shape, 2, 2)
+    dr = k.relu_backward(dx, mask)
+    mean, var = k.batchnorm_statistics(x)
+    v = to_dev(np.ones(3))
+    bn, xhat = k.batchnorm_normalize(x, mean, v, v, v)
+    dbn, _, _ = k.batchnorm_backward(bn, xhat, v, v, True)
+    for a in (y, mask, out, dx, dr, bn, xhat, dbn):
         assert a.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert_same(to_host(y), reference.relu_forward(host)[0])
+
+
+def test_device_array_keeps_the_strides_on_a_fake_cupy(monkeypatch, rng):
+    """The helper the GPU tests build their inputs with: NHWC and gapped views survive."""
+    from tests import fake_cupy
+    cupy = fake_cupy.install(monkeypatch)
+    for kind in ("nchw", "nhwc", "strided"):
+        x = layouts(rng.standard_normal((2, 3, 4, 5)), kind)
+        d = device_array(x, cupy)
+        assert type(d) is cupy.ndarray and d.strides == x.strides
+        assert_same(np.asarray(d), x)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_kernels_with_subnormal_inputs_follow_flush_to_zero(dtype):
+    """CuPy compiles with -ftz=true: float32 results are the reference's in flush-to-zero
+    arithmetic (tests/ftz.py), bit for bit; float64 results are the reference's."""
+    from tests import ftz
+    mod, to_dev, to_host = kernel_module("cupy")
+    rng = np.random.default_rng(3)
+    x = layouts(ftz.edge_values(rng, (2, 3, 6, 5), dtype), "nhwc")
+    ftz.same_bits(to_host(mod.im2col(to_dev(x), 3, 3, 1, 1)), ftz.expected("im2col", x, 3, 3, 1, 1))
+    cols = ftz.edge_values(rng, (2 * 6 * 5, 27), dtype)
+    ftz.same_bits(to_host(mod.col2im(to_dev(cols), x.shape, 3, 3, 1, 1)),
+                  ftz.expected("col2im", cols, x.shape, 3, 3, 1, 1))
+    out, argmax = mod.maxpool_forward(to_dev(x), 2, 1)
+    want_out, want_arg = ftz.expected("maxpool_forward", x, 2, 1)
+    ftz.same_bits(to_host(out), want_out)
+    np.testing.assert_array_equal(to_host(argmax), want_arg)
+    dout = ftz.edge_values(rng, want_out.shape, dtype)
+    ftz.same_bits(to_host(mod.maxpool_backward(to_dev(dout), argmax, x.shape, 2, 1)),
+                  ftz.expected("maxpool_backward", dout, want_arg, x.shape, 2, 1))
+    y, mask = mod.relu_forward(to_dev(x))
+    want_y, want_mask = ftz.expected("relu_forward", x)
+    ftz.same_bits(to_host(y), want_y)
+    np.testing.assert_array_equal(to_host(mask), want_mask)
 
 
 def test_numba_pools_large_windows_with_an_int32_argmax(rng):

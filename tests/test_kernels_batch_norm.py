@@ -100,8 +100,7 @@ def test_outputs_keep_nhwc_memory_and_xhat_is_optional(backend_name, rng):
                                     keep_xhat=False)
     assert xhat is None
     np.testing.assert_allclose(host(y), x, rtol=1e-15)
-    if backend_name == "numba":
-        assert y.transpose(0, 2, 3, 1).flags.c_contiguous      # an NCHW view of NHWC
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous          # an NCHW view of NHWC
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", *KERNEL_BACKENDS])
@@ -123,3 +122,55 @@ def test_batchnorm_kernels_refuse_bad_arguments_naming_themselves(backend_name):
         k.batchnorm_backward(dev(np.ones((2, 3, 4, 5), np.float32)), x, v3, v3, True)
     with pytest.raises(TypeError, match="batchnorm_statistics: x has dtype int32"):
         k.batchnorm_statistics(dev(np.ones((2, 3, 4, 4), np.int32)))
+
+
+# -- the GPU path (kernels/gpu_channels.py), on a NumPy stand-in for CuPy --------------------
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch_statistics", [True, False])
+def test_gpu_batch_norm_path_on_a_fake_cupy(monkeypatch, layout, dtype, batch_statistics):
+    """The GPU branch (cuBLAS sums, fused elementwise kernels) run with NumPy in place of
+    CuPy: the reference's values to rounding, NHWC outputs whatever the input's layout,
+    and each elementwise kernel built once however often it runs."""
+    from test_kernels import device_array
+
+    from minivgg import kernels as k
+    from tests import fake_cupy
+    cupy = fake_cupy.install(monkeypatch)
+    rng = np.random.default_rng(5)
+    n, c, h, w = 3, 4, 5, 6
+    x = (3.0 + 2.0 * rng.standard_normal((n, c, h, w))).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    gamma, beta = (rng.standard_normal(c).astype(dtype) for _ in range(2))
+
+    def dev(a):
+        return device_array(layouts(a, layout) if a.ndim == 4 else a, cupy)
+    for _ in range(2):
+        mean, var = k.batchnorm_statistics(dev(x))
+        ref_mean, ref_var = reference.batchnorm_statistics(x)
+        close(mean, ref_mean, dtype)
+        close(var, ref_var, dtype)
+        inv_std = (1 / np.sqrt(ref_var + 1e-5)).astype(dtype)
+        y, xhat = k.batchnorm_normalize(dev(x), dev(ref_mean), dev(inv_std), dev(gamma),
+                                        dev(beta))
+        ref_y, ref_xhat = reference.batchnorm_normalize(x, ref_mean, inv_std, gamma, beta)
+        close(y, ref_y, dtype)
+        close(xhat, ref_xhat, dtype)
+        dx, dgamma, dbeta = k.batchnorm_backward(dev(dout), dev(ref_xhat), dev(gamma),
+                                                 dev(inv_std), batch_statistics)
+        want = reference.batchnorm_backward(dout, ref_xhat, gamma, inv_std, batch_statistics)
+        scale = np.abs(want[0]).max() + 1.0
+        np.testing.assert_allclose(np.asarray(dx), want[0], rtol=0,
+                                   atol=TOL[dtype]["atol"] * scale)
+        for g, r in ((dgamma, want[1]), (dbeta, want[2])):
+            np.testing.assert_allclose(np.asarray(g), r, rtol=TOL[dtype]["rtol"] * 10,
+                                       atol=TOL[dtype]["atol"] * n * h * w)
+        for a in (y, xhat, dx):
+            assert type(a) is cupy.ndarray and a.transpose(0, 2, 3, 1).flags.c_contiguous
+        y_eval, none = k.batchnorm_normalize(dev(x), dev(ref_mean), dev(inv_std), dev(gamma),
+                                             dev(beta), keep_xhat=False)
+        assert none is None
+        close(y_eval, ref_y, dtype)
+    assert cupy.registry["ElementwiseKernel"] == 5        # normalize, normalize_eval,
+                                                          # shifted, product, dx: once each

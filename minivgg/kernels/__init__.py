@@ -12,6 +12,8 @@ Files, from the outside in:
     cpu.py          the same loops in Numba (NHWC memory)      winograd_cpu.py  its Winograd
     gpu.py          the same loops in CUDA through CuPy        winograd.py      reference one
     blas.py         GEMMs on the CPU, shared out among threads
+    gpu_channels.py per-channel sums (cuBLAS) and batch norm on the GPU, in NHWC
+    probe.py        can CuPy run here? each missing piece named, with its fix
     layout.py       NCHW views of NHWC memory; elementwise kernels in memory order
     checks.py       argument checks, so no compiled loop runs outside its arrays
     workspace.py    reusable scratch buffers (Workspace, thread_workspace)
@@ -22,6 +24,7 @@ Supported dtypes are float32 and float64 on every implementation.
 """
 
 from minivgg.kernels.api import (
+    channel_sums,
     col2im,
     im2col,
     matmul,
@@ -45,11 +48,19 @@ from minivgg.kernels.dispatch import (
     winograd_preferred,
 )
 from minivgg.kernels.reference import conv_output_size
-from minivgg.kernels.workspace import Workspace, thread_workspace
+from minivgg.kernels.workspace import (
+    COLUMN_BUDGET_BYTES,
+    Workspace,
+    column_budget,
+    images_per_chunk,
+    set_column_budget,
+    thread_workspace,
+)
 
-__all__ = ["im2col", "col2im", "maxpool_forward", "maxpool_backward", "relu_forward",
-           "relu_backward", "matmul", "batchnorm_statistics", "batchnorm_normalize",
-           "batchnorm_backward", "winograd_conv_forward", "winograd_conv_backward",
-           "conv_output_size", "implementation", "winograd_implementation",
-           "winograd_preferred", "WINOGRAD_MIN_CHANNELS", "FLOAT_DTYPES", "Workspace",
-           "thread_workspace"]
+__all__ = ["im2col", "col2im", "channel_sums", "maxpool_forward", "maxpool_backward",
+           "relu_forward", "relu_backward", "matmul", "batchnorm_statistics",
+           "batchnorm_normalize", "batchnorm_backward", "winograd_conv_forward",
+           "winograd_conv_backward", "conv_output_size", "implementation",
+           "winograd_implementation", "winograd_preferred", "WINOGRAD_MIN_CHANNELS",
+           "FLOAT_DTYPES", "Workspace", "thread_workspace", "COLUMN_BUDGET_BYTES",
+           "column_budget", "set_column_budget", "images_per_chunk"]

@@ -1,21 +1,24 @@
 """The batch-norm kernels: per-channel statistics, normalisation and the backward sums.
 
 Public functions in the manner of api.py: each checks its arguments, then hands them to
-the reference (reference.py, the specification the layer's docstring derives) or to the
-Numba loops (cpu.py), which read an NHWC batch as M = N*H*W rows of C channels:
+the reference (reference.py, the specification the layer's docstring derives), to the
+Numba loops (cpu.py) or to the CUDA kernels (gpu_channels.py). The fast ones read an NHWC
+batch as M = N*H*W rows of C channels:
 
     batchnorm_statistics(x)                            -> mean, var       (C,) each
     batchnorm_normalize(x, mean, inv_std, gamma, beta) -> y, xhat         like x
     batchnorm_backward(dout, xhat, gamma, inv_std, batch_statistics) -> dx, dgamma, dbeta
 
-Why compiled loops: in NumPy each of these is several whole-array passes with a
-temporary per operation (``x - mu``, its square, the mean, ...), and a reduction over
-axes (0, 2, 3) of NHWC memory walks it with large strides. The loops make one pass per
-reduction and one per output, in memory order, with the sums in float64.
+Why not the reference's array expressions everywhere: in NumPy each is several
+whole-array passes with a temporary per operation (``x - mu``, its square, the mean, ...),
+and a reduction over axes (0, 2, 3) of NHWC memory walks it with large strides. The Numba
+loops make one pass per reduction and one per output, in memory order, with the sums in
+float64. On the GPU the same expressions would reduce on a few thread blocks and write
+NCHW (C-order) outputs; gpu_channels.py sums with cuBLAS over the whole device and writes
+NHWC, so what a convolution hands over stays NHWC through batch norm.
 
-On CuPy arrays the reference's array expressions run (CuPy's own reductions).
-The Numba results equal the reference's to rounding: the sums are taken in another order
-(and in float64), so tests compare with a tolerance, not bit for bit.
+The fast results equal the reference's to rounding: the sums are taken in another order
+(in float64 on the CPU), so tests compare with a tolerance, not bit for bit.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivgg.backend import get_array_module
-from minivgg.kernels import checks, gpu, reference
+from minivgg.kernels import checks, gpu, gpu_channels, reference
 from minivgg.kernels.dispatch import implementation
 from minivgg.kernels.layout import as_nhwc, nchw
 
@@ -31,16 +34,16 @@ BLOCKS = 64     # blocks of rows summed in parallel: more than the cores, so one
                 # thread delays only its own block
 
 
-def _compiled(x):
-    """The Numba module for ``x``, or None where the reference's expressions run."""
-    impl = implementation(x)
-    return None if impl is reference or impl is gpu else impl
-
-
 def _rows(x):
     """``x`` (N, C, H, W) as its NHWC memory, (M, C) rows: a view when already NHWC."""
     t = as_nhwc(x)
     return t.reshape(-1, t.shape[3])
+
+
+def _image(rows, like):
+    """(M, C) rows back to the NCHW view of an NHWC array shaped like ``like``."""
+    n, c, h, w = like.shape
+    return nchw(rows.reshape(n, h, w, c))
 
 
 def _per_channel(who, c, dtype, **vectors):
@@ -63,10 +66,12 @@ def _block_sums(kernel, a, *args):
 def batchnorm_statistics(x):
     """Mean and biased variance of each channel of ``x`` (N, C, H, W), in x's dtype."""
     checks.floats("batchnorm_statistics", "x", x, ndim=4)
-    impl = _compiled(x)
-    if impl is None:
+    impl = implementation(x)
+    if impl is reference:
         return reference.batchnorm_statistics(x)
     rows = _rows(x)
+    if impl is gpu:
+        return gpu_channels.batchnorm_statistics_rows(rows)
     m = rows.shape[0]
     shift = rows[0].astype(np.float64)          # one value per channel, near its mean
     s1, s2 = _block_sums(impl.channel_moments_rows, rows, shift)
@@ -85,11 +90,15 @@ def batchnorm_normalize(x, mean, inv_std, gamma, beta, keep_xhat: bool = True):
     checks.same_device(who, x=x, mean=mean, inv_std=inv_std, gamma=gamma, beta=beta)
     mean, inv_std, gamma, beta = _per_channel(who, x.shape[1], x.dtype, mean=mean,
                                               inv_std=inv_std, gamma=gamma, beta=beta)
-    impl = _compiled(x)
-    if impl is None:
+    impl = implementation(x)
+    if impl is reference:
         y, xhat = reference.batchnorm_normalize(x, mean, inv_std, gamma, beta)
         return y, (xhat if keep_xhat else None)
     rows = _rows(x)
+    if impl is gpu:
+        y, xhat = gpu_channels.batchnorm_normalize_rows(rows, mean, inv_std, gamma, beta,
+                                                        keep_xhat)
+        return _image(y, x), (None if xhat is None else _image(xhat, x))
     n, c, h, w = x.shape
     y = np.empty((n, h, w, c), dtype=x.dtype)
     xhat = np.empty_like(y) if keep_xhat else y          # y as xhat: xhat is overwritten
@@ -112,10 +121,14 @@ def batchnorm_backward(dout, xhat, gamma, inv_std, batch_statistics: bool):
     checks.same_device(who, dout=dout, xhat=xhat, gamma=gamma, inv_std=inv_std)
     gamma, inv_std = _per_channel(who, dout.shape[1], dout.dtype, gamma=gamma,
                                   inv_std=inv_std)
-    impl = _compiled(dout)
-    if impl is None:
+    impl = implementation(dout)
+    if impl is reference:
         return reference.batchnorm_backward(dout, xhat, gamma, inv_std, batch_statistics)
     g, xh = _rows(dout), _rows(xhat)
+    if impl is gpu:
+        dx, dgamma, dbeta = gpu_channels.batchnorm_backward_rows(g, xh, gamma, inv_std,
+                                                                 batch_statistics)
+        return _image(dx, dout), dgamma, dbeta
     m, c = g.shape
     dbeta, dgamma = _block_sums(impl.channel_grad_sums_rows, g, xh)
     # dx = a * dout + b + c_ * xhat: the reference's formula, its per-channel factors

@@ -9,24 +9,36 @@ on without transposes. One thread per *output* element, in grid-stride loops:
 - im2col: one thread per entry of ``cols``; consecutive threads write consecutive entries.
 - col2im and max-pool backward are gathers, one thread per input pixel and channel, that sum
   the entries that read it in the reference's (i, j) order: no atomics, no zero-fill, and
-  (the sums being plain additions) the same bits as the reference.
+  (the sums being plain additions) the same bits as the reference -- up to subnormals, below.
 - max-pool forward keeps a compact argmax (uint8, i * k + j); the first maximum wins.
+
+**Subnormal float32 numbers are flushed to zero.** CuPy compiles every module with
+``-ftz=true`` after the caller's options (NVRTC keeps the last one), so in float32 the
+GPU's comparisons and additions read a subnormal (|x| < 1.2e-38) as a zero of its sign and
+write a subnormal result as zero; moves and selections keep the bits. ReLU(1e-40) is
+therefore 0 with mask False, where the reference gives 1e-40 and True. The claim is: the
+same bits as the reference for float64, and for float32 the same bits as the reference
+computed with flush-to-zero arithmetic (tests/ftz.py states it per kernel and checks it,
+on the CPU with the x86 FTZ/DAZ modes). Training never meets the difference in practice:
+a value that small is 38 orders of magnitude below the activations.
 
 CuPy is imported only when a kernel is first called, so this module imports anywhere, and
 ``CUDA_SOURCE`` can be checked (compiled with nvcc) on a machine without a GPU. The module
-is compiled once per process (all kernels, both dtypes) and each kernel looked up once.
+is compiled once per process (all kernels, both dtypes) and each kernel looked up once;
+the elementwise kernels of gpu_channels.py are likewise built once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 
 from minivgg.backend import get_tf32
 
 __all__ = ["im2col_nhwc", "col2im_nhwc", "maxpool_forward_nhwc", "maxpool_backward_nhwc",
-           "relu_forward_flat", "relu_backward_flat", "matmul", "CUDA_SOURCE",
+           "relu_forward_flat", "relu_backward_flat", "matmul", "channel_sums", "CUDA_SOURCE",
            "KERNEL_NAMES", "MAX_POOL_WINDOW"]
 
 CUDA_SOURCE = r"""
@@ -221,31 +233,60 @@ def relu_backward_flat(dout, mask, dx):
     _launch("relu_backward_flat", dx.dtype, (dout, mask, dx), dx.size, ())
 
 
-# -- GEMM: cuBLAS, with TF32 exactly when set_tf32(True) allows it --------------------------
+# -- GEMM: cuBLAS, with TF32 exactly when the TF32 switch allows it (backend.set_tf32) -----
 
 def matmul(a, b, out):
-    """out = a @ b by cuBLAS. float32 GEMMs use TF32 only while ``set_tf32(True)`` is set."""
+    """out = a @ b by cuBLAS. float32 GEMMs use TF32 only while ``get_tf32()`` is True."""
     import cupy
     if a.dtype != np.float32:                   # TF32 concerns float32 inputs only
         return cupy.matmul(a, b, out=out)
-    with _float32_compute_type(tf32=get_tf32()):
+    with float32_compute_type(tf32=get_tf32()):
         return cupy.matmul(a, b, out=out)
 
 
+def channel_sums(a, out):
+    """out (C,) = a.sum(axis=0) for a (M, C) array: two cuBLAS GEMVs (gpu_channels.py)."""
+    from minivgg.kernels.gpu_channels import channel_sums as sums
+    return sums(a, out)
+
+
 _tf32_capable: dict[int, bool] = {}
+_warned: set = set()
+
+
+def _compute_type_api():
+    """CuPy's per-dtype GEMM compute type: ``cupy._core._routines_linalg``, or None.
+
+    There is no public setter (``CUPY_TF32=1`` is read once, at the first GEMM); CuPy's own
+    tests use this module. Should a CuPy lack it, minivgg's GEMMs run with CuPy's default
+    (exact float32 unless CUPY_TF32=1) and a request for TF32 is warned about, once.
+    """
+    try:
+        from cupy._core import _routines_linalg as linalg
+        linalg.get_compute_type, linalg.set_compute_type  # noqa: B018
+        linalg.COMPUTE_TYPE_TF32, linalg.COMPUTE_TYPE_DEFAULT  # noqa: B018
+    except (ImportError, AttributeError):
+        return None
+    return linalg
 
 
 @contextlib.contextmanager
-def _float32_compute_type(tf32: bool):
+def float32_compute_type(tf32: bool):
     """Within the block, float32 GEMMs run in TF32 (if ``tf32`` and the GPU has it) or not.
 
-    CuPy keeps the GEMM compute type per dtype in ``cupy._core._routines_linalg``: there is
-    no public setter (``CUPY_TF32=1`` is read once, at the first GEMM), and CuPy's own tests
-    use this one. The previous compute type is restored afterwards, so nothing leaks into
-    the user's other CuPy code.
+    The previous compute type is restored afterwards, so nothing leaks into the user's
+    other CuPy code. Nothing is set where the compute type is already the one wanted.
     """
     import cupy
-    from cupy._core import _routines_linalg as linalg
+    linalg = _compute_type_api()
+    if linalg is None:
+        if tf32 and "tf32" not in _warned:
+            _warned.add("tf32")
+            warnings.warn("minivgg: this CuPy has no GEMM compute-type setting "
+                          "(cupy._core._routines_linalg); float32 GEMMs run with CuPy's "
+                          "default", RuntimeWarning, stacklevel=3)
+        yield
+        return
     device = cupy.cuda.Device().id
     if device not in _tf32_capable:               # TF32 needs compute capability >= 8.0
         _tf32_capable[device] = int(cupy.cuda.Device().compute_capability) >= 80

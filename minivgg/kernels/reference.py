@@ -116,6 +116,15 @@ def matmul(a, b, out=None):
     return np.matmul(a, b, out=out)
 
 
+def channel_sums(a, out=None):
+    """The sum of each column of a 2-D array ``a`` (M, C): ``a.sum(axis=0)``, shape (C,).
+
+    The bias gradients (dY summed over every output position) and batch norm's statistics
+    are such sums, over the M = N*OH*OW rows of a channels-last array.
+    """
+    return np.sum(a, axis=0, out=out)
+
+
 def relu_forward(x):
     """Rectified linear unit: ``y = max(x, 0)`` and the mask ``x > 0`` backward needs.
 

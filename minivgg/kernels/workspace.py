@@ -74,3 +74,34 @@ def thread_workspace() -> Workspace:
     if workspace is None:
         workspace = _local.workspace = Workspace()
     return workspace
+
+
+# -- the column budget: how large one convolution's im2col matrix may grow -----------------
+
+COLUMN_BUDGET_BYTES = 1 << 30      # 1 GiB; set_column_budget changes it for the process
+
+_budget = {"bytes": COLUMN_BUDGET_BYTES}
+
+
+def column_budget() -> int:
+    """Bytes one im2col column matrix may take; a larger batch is convolved in chunks."""
+    return _budget["bytes"]
+
+
+def set_column_budget(nbytes: int) -> int:
+    """Set the column budget (bytes, >= 1); returns the previous one.
+
+    Why a budget: the column matrix of a convolution is kh*kw times its input, and grows
+    with the batch: 57.8 GB for VGG-16's conv1_2 at 224x224 and batch 500. Conv2D builds it
+    for at most ``images_per_chunk`` images at a time (layers/conv.py).
+    """
+    if not isinstance(nbytes, (int, np.integer)) or isinstance(nbytes, bool) or nbytes < 1:
+        raise ValueError(f"set_column_budget: expected a positive number of bytes, "
+                         f"got {nbytes!r}")
+    previous, _budget["bytes"] = _budget["bytes"], int(nbytes)
+    return previous
+
+
+def images_per_chunk(batch: int, bytes_per_image: int) -> int:
+    """How many of ``batch`` images fit the column budget at once (at least 1)."""
+    return max(1, min(batch, column_budget() // max(1, bytes_per_image)))

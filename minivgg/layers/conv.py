@@ -66,6 +66,10 @@ class Conv2D(Layer):
     megabytes would cost page faults every step). Under ``no_grad()`` nothing is kept for
     backward, so every layer writes into one buffer of the thread's instead (inference
     then holds one column matrix, not one per layer).
+    A batch whose column matrix would exceed the column budget (1 GiB by default,
+    ``kernels.set_column_budget``) is convolved in chunks of images: forward keeps x
+    instead of its columns, and backward rebuilds each chunk's columns from it. Winograd
+    does the same in inference (under ``no_grad``: its tiles and output tiles per chunk).
 
     ``algorithm``: "im2col" (the above, for every convolution), "winograd" (F(2x2, 3x3),
     kernels/winograd.py: 2.25x fewer multiplications, for 3x3 stride-1 padding-1 only; NumPy
@@ -154,27 +158,76 @@ class Conv2D(Layer):
         workspace = self._workspace if grad_enabled() else kernels.thread_workspace()
         return workspace.buffer(f"conv2d-{key}", shape, x.dtype, get_array_module(x))
 
+    def images_per_chunk(self, x) -> int:
+        """Images of ``x`` whose im2col matrix fits the column budget (kernels/workspace.py)."""
+        n, c = x.shape[:2]
+        _, oh, ow = self.output_shape(x.shape[1:])
+        per_image = oh * ow * c * self.kernel_size ** 2 * x.dtype.itemsize
+        return kernels.images_per_chunk(n, per_image)
+
     def _forward_im2col(self, x):
-        """Y = im2col(x) @ Wm.T + bias, returned as the NCHW view of the NHWC rows."""
+        """Y = im2col(x) @ Wm.T + bias, returned as the NCHW view of the NHWC rows.
+
+        A batch whose column matrix exceeds the budget is done ``images_per_chunk`` images
+        at a time, each chunk's rows into its block of Y; backward then rebuilds each
+        chunk's columns from x (kept instead of them), so memory stays bounded in training
+        too, for the price of a second im2col.
+        """
         n, c, _, _ = x.shape
         k, s, p, f = self.kernel_size, self.stride, self.padding, self.out_channels
         _, oh, ow = self.output_shape(x.shape[1:])
-        cols = kernels.im2col(x, k, k, s, p,
-                              out=self._buffer("cols", (n * oh * ow, c * k * k), x))
-        y = kernels.matmul(cols, self.weight.data.reshape(f, -1).T)    # (N*OH*OW, F)
+        wm = self.weight.data.reshape(f, -1).T
+        chunk = self.images_per_chunk(x)
+        if chunk >= n:
+            cols = kernels.im2col(x, k, k, s, p,
+                                  out=self._buffer("cols", (n * oh * ow, c * k * k), x))
+            y = kernels.matmul(cols, wm)                                 # (N*OH*OW, F)
+            cache = ("im2col", cols)
+        else:
+            y = get_array_module(x).empty((n * oh * ow, f), dtype=x.dtype)
+            for start, part in self._chunks(x, chunk):
+                cols = self._chunk_columns(part)
+                kernels.matmul(cols, wm, out=y[start * oh * ow:(start + len(part)) * oh * ow])
+            cache = ("im2col-chunked", x)
         if self.bias is not None:
             y += self.bias.data
         y = y.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)   # a view: the next layer reads it
-        return y, _Cache("im2col", cols, tuple(x.shape), tuple(y.shape))
+        return y, _Cache(*cache, tuple(x.shape), tuple(y.shape))
+
+    @staticmethod
+    def _chunks(x, chunk):
+        """(first image, x[first:first + chunk]) for each chunk of the batch."""
+        return [(i, x[i:i + chunk]) for i in range(0, x.shape[0], chunk)]
+
+    def _chunk_columns(self, part):
+        """im2col of one chunk, into the thread's scratch: chunks keep nothing between calls,
+        so every layer shares one budget-sized buffer, in training as in inference."""
+        n, c = part.shape[:2]
+        k, s, p = self.kernel_size, self.stride, self.padding
+        _, oh, ow = self.output_shape(part.shape[1:])
+        buffer = kernels.thread_workspace().buffer("conv2d-cols", (n * oh * ow, c * k * k),
+                                                   part.dtype, get_array_module(part))
+        return kernels.im2col(part, k, k, s, p, out=buffer)
 
     def _forward_winograd(self, x):
         """y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A for every tile (kernels/winograd.py)."""
         n, c, h, w = x.shape
         th, tw = tile_grid(h, w)
-        tiles = self._buffer("tiles", (16, n * th * tw, c), x)
         bias = None if self.bias is None else self.bias.data
-        y, v = kernels.winograd_conv_forward(x, self.weight.data, bias, out=tiles)
-        return y, _Cache("winograd", v, tuple(x.shape), tuple(y.shape))
+        per_image = 16 * th * tw * (c + self.out_channels) * x.dtype.itemsize   # V and M
+        chunk = n if grad_enabled() else kernels.images_per_chunk(n, per_image)
+        if chunk >= n:
+            tiles = self._buffer("tiles", (16, n * th * tw, c), x)
+            y, v = kernels.winograd_conv_forward(x, self.weight.data, bias, out=tiles)
+            return y, _Cache("winograd", v, tuple(x.shape), tuple(y.shape))
+        # Inference keeps no tiles for backward, so a batch whose input and output tiles
+        # exceed the column budget is transformed a chunk of images at a time.
+        y = np.empty((n, h, w, self.out_channels), dtype=x.dtype).transpose(0, 3, 1, 2)
+        for start, part in self._chunks(x, chunk):
+            tiles = self._buffer("tiles", (16, len(part) * th * tw, c), x)
+            y[start:start + len(part)], _ = kernels.winograd_conv_forward(
+                part, self.weight.data, bias, out=tiles)
+        return y, None
 
     # -- backward --------------------------------------------------------------------------
     def backward(self, dout):
@@ -186,10 +239,34 @@ class Conv2D(Layer):
         self.cache = None
         dy = dout.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)  # free if NHWC memory
         if self.bias is not None:
-            self.bias.grad[...] = dy.sum(axis=0)                          # dbias = dY summed
+            self.bias.grad[...] = kernels.channel_sums(dy)                # dbias = dY summed
         if cache.algorithm == "winograd":
             return self._backward_winograd(dout, cache)
+        if cache.algorithm == "im2col-chunked":
+            return self._backward_chunked(dy, cache)
         return self._backward_im2col(dy, cache)
+
+    def _backward_chunked(self, dy, cache):
+        """The same as _backward_im2col, one chunk of the batch at a time: each chunk's
+        columns rebuilt from x, dWm summed over the chunks, dx written chunk by chunk."""
+        x, f = cache.buffer, self.out_channels
+        k, s, p = self.kernel_size, self.stride, self.padding
+        wm = self.weight.data.reshape(f, -1)
+        rows = dy.shape[0] // x.shape[0]                 # OH * OW per image
+        dwm = get_array_module(x).zeros(wm.shape, dtype=x.dtype)
+        dx = None
+        if self.input_grad:
+            n, c, h, w = x.shape
+            dx = get_array_module(x).empty((n, h, w, c), dtype=x.dtype).transpose(0, 3, 1, 2)
+        for start, part in self._chunks(x, self.images_per_chunk(x)):
+            cols = self._chunk_columns(part)
+            dy_part = dy[start * rows:(start + len(part)) * rows]
+            dwm += kernels.matmul(dy_part.T, cols)
+            if dx is not None:
+                dcols = kernels.matmul(dy_part, wm, out=cols)
+                dx[start:start + len(part)] = kernels.col2im(dcols, part.shape, k, k, s, p)
+        self.weight.grad[...] = dwm.reshape(self.weight.grad.shape)
+        return dx
 
     def _backward_im2col(self, dy, cache):
         """dWm = dY.T @ cols (into .grad), then dx = col2im(dY @ Wm) (dcols over cols)."""

@@ -57,7 +57,7 @@ class Dense(Layer):
         self.cache = None
         self.weight.grad[...] = kernels.matmul(x.T, dout)
         if self.bias is not None:
-            self.bias.grad[...] = dout.sum(axis=0)
+            self.bias.grad[...] = kernels.channel_sums(dout)
         return kernels.matmul(dout, self.weight.data.T)
 
     def __repr__(self):
