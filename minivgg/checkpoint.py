@@ -76,7 +76,7 @@ class Progress:
     best_top1         the selection accuracy of best.npz (-1 before any)
     best_epoch/_step  when best.npz was written: resume checks best.npz against these
     schedule          the schedule's state (reduce-on-plateau remembers accuracies)
-    rng_states        the bit-generator states of the dropout generators
+    rng_states        the states (seeds) of the dropout layers' keyed generators
     """
 
     epoch: int = 0
@@ -222,8 +222,8 @@ def check_arrays_fit(ckpt: Checkpoint, expected: dict) -> None:
 
 # -- random generators -----------------------------------------------------------------------
 def rng_states(generators) -> list[dict]:
-    """The bit-generator states of numpy Generators, JSON-friendly (Python ints)."""
-    return [g.bit_generator.state for g in generators]
+    """The states of the dropout layers' keyed generators, JSON-friendly (Python ints)."""
+    return [g.state_dict() for g in generators]
 
 
 def set_rng_states(generators, states) -> None:
@@ -231,4 +231,4 @@ def set_rng_states(generators, states) -> None:
         raise ValueError(f"set_rng_states: the model has {len(generators)} random generators "
                          f"but the checkpoint saved {len(states)}")
     for g, state in zip(generators, states):
-        g.bit_generator.state = state
+        g.load_state_dict(state)

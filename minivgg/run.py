@@ -119,8 +119,8 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def train_transform(config: dict, normalize: Normalize, image_size: int) -> Compose:
-    """Padding to the input size, then the augmentation of ``config``, then normalisation."""
+def augmentation(config: dict, image_size: int) -> Compose:
+    """Padding to the input size, then the augmentation of ``config``: uint8 in, uint8 out."""
     augment = config["augment"]
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {AUGMENTS}; got {augment!r}")
@@ -129,7 +129,12 @@ def train_transform(config: dict, normalize: Normalize, image_size: int) -> Comp
         steps.append(RandomCrop(config["input_size"], config["crop_padding"]))
     if "flip" in augment:
         steps.append(HorizontalFlip())
-    return Compose(steps + [normalize])
+    return Compose(steps)
+
+
+def train_transform(config: dict, normalize: Normalize, image_size: int) -> Compose:
+    """Padding to the input size, then the augmentation of ``config``, then normalisation."""
+    return Compose(augmentation(config, image_size).transforms + [normalize])
 
 
 def test_transform(config: dict, normalize: Normalize) -> Compose:
@@ -137,10 +142,12 @@ def test_transform(config: dict, normalize: Normalize) -> Compose:
     return Compose([CentrePad(config["input_size"]), normalize])
 
 
-def _eval_loader(config, images, labels, normalize, batch=None):
+def _eval_loader(config, images, labels, normalize, num_classes, batch=None):
+    """Padding on the host; uint8 to the device, normalised there."""
     batch = config["eval_batch_size"] if batch is None else batch
     return DataLoader(images, labels, batch, shuffle=False,
-                      transform=test_transform(config, normalize), device=True)
+                      transform=CentrePad(config["input_size"]), normalize=normalize,
+                      device=True, num_classes=num_classes)
 
 
 # -- model, optimizer, schedule ----------------------------------------------------------------
@@ -290,16 +297,17 @@ def _training_parts(ds: Dataset, config: dict) -> dict:
 
 
 def _add_loaders(run: Run, ds: Dataset, parts: dict) -> None:
-    config, (images, labels) = run.config, parts["train"]
-    run.train_loader = DataLoader(
+    config, (images, labels), k = run.config, parts["train"], len(run.classes)
+    run.train_loader = DataLoader(          # augmented on the host, normalised on the device
         images, labels, config["batch_size"], shuffle=True,
-        transform=train_transform(config, run.normalize, ds.image_shape[1]),
+        transform=augmentation(config, ds.image_shape[1]), normalize=run.normalize,
         drop_last=len(labels) > config["batch_size"], seed=config["seed"], device=True,
-        prefetch=config.get("prefetch", 0))
+        prefetch=config.get("prefetch", 0), num_classes=k)
     batch = eval_batch_size(run)
     if parts["val"] is not None:
-        run.val_loader = _eval_loader(config, *parts["val"], run.normalize, batch)
-    run.test_loader = _eval_loader(config, ds.test_images, ds.test_labels, run.normalize, batch)
+        run.val_loader = _eval_loader(config, *parts["val"], run.normalize, k, batch)
+    run.test_loader = _eval_loader(config, ds.test_images, ds.test_labels, run.normalize, k,
+                                   batch)
 
 
 def eval_batch_size(run: Run) -> int:

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from minivgg.data import Compose, DataLoader, HorizontalFlip, RandomCrop
+from minivgg.data import Compose, DataLoader, HorizontalFlip, Normalize, RandomCrop
 from minivgg.data import loader as loader_module
 
 
@@ -95,12 +95,64 @@ def test_errors_in_the_prefetch_thread_reach_the_caller():
         list(DataLoader(images, labels, batch_size=10, transform=broken, prefetch=2))
 
 
-def test_device_option_moves_each_batch(monkeypatch):
+def test_device_option_moves_each_batch_as_uint8(monkeypatch):
     moved = []
     monkeypatch.setattr(loader_module, "to_device", lambda a: moved.append(a.dtype) or a)
     images, labels = numbered(20)
-    list(DataLoader(images, labels, batch_size=10, device=True))
-    assert moved == [np.float32, np.int64] * 2
+    batches = list(DataLoader(images, labels, batch_size=10, device=True))
+    assert moved == [np.uint8, np.int64] * 2            # 1 byte a pixel travels, not 4
+    assert all(x.dtype == np.float32 for x, _ in batches)   # converted after the copy
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_normalising_on_the_device_equals_normalising_on_the_host(monkeypatch, prefetch):
+    moved = []
+    monkeypatch.setattr(loader_module, "to_device", lambda a: moved.append(a.dtype) or a)
+    images, labels = numbered(50)
+    images = images + np.arange(8, dtype=np.uint8)[None, None, None, :] * 9   # not flat
+    norm = Normalize.from_data(images)
+    augment = [RandomCrop(8, 2), HorizontalFlip()]
+    host = DataLoader(images, labels, 16, transform=Compose(augment + [norm]), seed=3)
+    device = DataLoader(images, labels, 16, transform=Compose(augment), normalize=norm,
+                        seed=3, device=True, prefetch=prefetch)
+    for _ in range(2):                                         # two epochs
+        pairs = list(zip(host, device))
+        assert len(pairs) == 4
+        for (xh, yh), (xd, yd) in pairs:
+            assert xd.dtype == np.float32
+            np.testing.assert_array_equal(xh, xd)          # bit for bit
+            np.testing.assert_array_equal(yh, yd)
+    assert set(moved) == {np.dtype(np.uint8), np.dtype(np.int64)}
+
+
+def test_augmentations_are_keyed_by_seed_epoch_and_batch():
+    images, labels = numbered(64)
+    images = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
+    flip = Compose([RandomCrop(8, 3), HorizontalFlip()])
+
+    def epochs(loader, n=2):
+        return [np.concatenate([x for x, _ in loader]) for _ in range(n)]
+    a = epochs(DataLoader(images, labels, 16, shuffle=False, transform=flip, seed=1))
+    b = DataLoader(images, labels, 16, shuffle=False, transform=flip, seed=1, prefetch=2)
+    b.set_epoch(1)                                           # a resumed run
+    np.testing.assert_array_equal(epochs(b, 1)[0], a[1])
+    assert not np.array_equal(a[0], a[1])                    # another epoch, other crops
+    c = epochs(DataLoader(images, labels, 16, shuffle=False, transform=flip, seed=2), 1)
+    assert not np.array_equal(c[0], a[0])                    # another seed, other crops
+    first = a[0][:16]                     # batches of one epoch differ: the step is keyed
+    assert not all(np.array_equal(first, a[0][i:i + 16]) for i in (16, 32, 48))
+
+
+def test_prefetched_batches_are_handed_over_with_a_marker_each(monkeypatch):
+    marked, waited = [], []
+    monkeypatch.setattr(loader_module, "mark_ready", lambda x: marked.append(id(x)) or id(x))
+    monkeypatch.setattr(loader_module, "wait_ready", waited.append)
+    images, labels = numbered(40)
+    xs = [id(x) for x, _ in DataLoader(images, labels, batch_size=10, prefetch=2)]
+    assert marked == waited == xs and len(xs) == 4
+    assert not [t for t in threading.enumerate() if t.name == "DataLoader-prefetch"]
+    from minivgg.kernels.handoff import mark_ready, wait_ready
+    assert mark_ready(np.zeros(3)) is None and wait_ready(None) is None    # NumPy: no-ops
 
 
 def test_bad_inputs_are_named():

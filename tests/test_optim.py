@@ -200,3 +200,49 @@ def test_schedules_match_torch():
 def test_cosine_is_smooth_within_an_epoch():
     c = Cosine(1.0, 2)
     assert c.lr(0.5) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+
+
+class Elsewhere(np.ndarray):
+    """A NumPy array that stands for one on another device (for Optimizer.to on the CPU)."""
+
+
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01,
+                                                 nesterov=True),
+                                  lambda ps: Adam(ps, lr=0.01, weight_decay=0.01)],
+                         ids=["sgd", "adam"])
+def test_optimizer_to_moves_its_state_after_steps_and_training_continues(make, monkeypatch):
+    """A model moved after it has stepped: ``place`` moves the optimizer's state with it,
+    and the next steps equal those of a twin that never moved."""
+    import minivgg.optim as optim_module
+    from minivgg.device import place
+    device_of = optim_module.device_of
+    monkeypatch.setattr(optim_module, "device_of",
+                        lambda x: "gpu" if isinstance(x, Elsewhere) else device_of(x))
+    monkeypatch.setattr(optim_module, "to_device", lambda x, device: (
+        np.asarray(x).view(Elsewhere) if device == "gpu" else np.asarray(x).view(np.ndarray)))
+
+    class Model:                                     # place() calls model.to(device)
+        def __init__(self, params):
+            self.params = params
+
+        def to(self, device):
+            for p in self.params:
+                p.data = optim_module.to_device(p.data, device)
+
+    grads = np.random.default_rng(1).standard_normal((5, 3))
+    moved, still = [param(np.ones(3), 0)], [param(np.ones(3), 0)]
+    opt_moved, opt_still = make(moved), make(still)
+    for step, g in enumerate(grads):
+        if step == 2:
+            place(Model(moved), opt_moved, "cpu")     # checks the device name path too
+            Model(moved).to("gpu")
+            opt_moved.to("gpu")
+            assert all(isinstance(b, Elsewhere) for bufs in opt_moved.buffers.values()
+                       for b in bufs.values()) and not opt_moved.scratch
+        for ps, opt in ((moved, opt_moved), (still, opt_still)):
+            ps[0].grad = np.asarray(g).view(type(ps[0].data))
+            opt.step()
+    assert isinstance(moved[0].data, Elsewhere)
+    np.testing.assert_array_equal(moved[0].data.view(np.ndarray), still[0].data)
+    assert all(isinstance(b, Elsewhere) for bufs in opt_moved.buffers.values()
+               for b in bufs.values())

@@ -1,11 +1,20 @@
-"""Mini-batches for training: shuffled, augmented, converted to float32, optionally on the GPU.
+"""Mini-batches for training: shuffled, augmented, sent to the device as uint8, normalised there.
 
 A batch is gathered with one fancy-indexing copy (``images[indices]``) and transformed as a
 whole, so no Python loop runs per sample. Batches are float32 NCHW images and int64 labels.
 
-Reproducibility: epoch ``e`` draws its order and its augmentations from a generator seeded
-by ``(seed, e)``. Iterating again moves to the next epoch by itself; ``set_epoch(e)`` jumps
-to epoch ``e``, which is how a resumed run sees exactly the batches it would have seen.
+The way of a batch: gather and augment on the host, in the images' own dtype (uint8 for
+every data set here); copy to the device (``device=True``) -- 1 byte a pixel, not 4; there
+convert to float32 and normalise (``normalize``, a Normalize: per-channel standard scores;
+without it a uint8 batch is scaled to [0, 1]). A ``transform`` that normalises itself
+returns float32 on the host, and the float32 batch is what travels.
+
+Reproducibility: epoch ``e`` draws its order from a generator seeded by ``(seed, e)``;
+batch ``b`` draws its augmentations from a KeyedRandom at position (e, b) of the loader's own
+stream of ``seed``: a counter-based generator (minivgg.keyed_random) whose draws are a pure
+function of (seed, e, b), the same crops in any thread, after any resume. Iterating again
+moves to the next epoch by itself; ``set_epoch(e)`` jumps to epoch ``e``, which is how a
+resumed run sees exactly the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -16,34 +25,45 @@ import threading
 import numpy as np
 
 from minivgg.backend import to_device
+from minivgg.kernels.handoff import mark_ready, wait_ready
+from minivgg.keyed_random import KeyedRandom, derive_key
+
+AUGMENT_STREAM = 0x617567            # "aug": the loader's keyed stream, apart from dropout's
 
 
 class DataLoader:
     """Iterate over (images, labels) in mini-batches.
 
     images:    uint8 or float array (N, C, H, W); labels: integer array (N,) of class
-               indices >= 0 (and < ``num_classes`` when that is given). Float labels are
-               refused, not rounded: 1.7 is not a class
-    transform: called as ``transform(batch, rng)`` on each batch (see transforms.py);
-               a uint8 result is scaled to [0, 1], a float result is used as it is
+               indices >= 0 (and < ``num_classes`` when that is given), checked once here
+               for the whole data set (``label_range``), not in every batch. Float labels
+               are refused, not rounded: 1.7 is not a class
+    transform: called as ``transform(batch, rng)`` on each batch on the host (see
+               transforms.py); ``rng`` is the batch's KeyedRandom
+    normalize: a Normalize applied after the batch reached the device (float32 out);
+               without it a uint8 batch is scaled to [0, 1], a float batch used as it is
     drop_last: skip the final batch when it is smaller than ``batch_size``
     device:    move each batch to the active backend's device (CuPy on the GPU backend)
     prefetch:  prepare up to this many batches ahead in a background thread (0: off). It
                pays off when the training step releases the GIL (BLAS, Numba, CuPy); on
-               its own the loader is faster without it (benchmarks/bench_loader.py)
+               its own the loader is faster without it (benchmarks/bench_loader.py). On the
+               GPU each batch carries an event that the training stream waits on
     """
 
     def __init__(self, images, labels, batch_size: int = 128, shuffle: bool = True,
                  transform=None, drop_last: bool = False, seed: int = 0,
-                 device: bool = False, prefetch: int = 0, num_classes: int | None = None):
+                 device: bool = False, prefetch: int = 0, num_classes: int | None = None,
+                 normalize=None):
         images, labels = np.asarray(images), np.asarray(labels)
         if images.ndim != 4 or labels.shape != (len(images),):
             raise ValueError(f"DataLoader: need images (N, C, H, W) and labels (N,); got "
                              f"images {images.shape} and labels {labels.shape}")
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1; got {batch_size}")
-        self.images, self.labels = images, _class_indices(labels, num_classes)
+        self.images = images
+        self.labels, self.label_range = _class_indices(labels, num_classes)
         self.batch_size, self.shuffle, self.transform = batch_size, shuffle, transform
+        self.normalize = normalize
         self.drop_last, self.seed, self.device, self.prefetch = drop_last, seed, device, prefetch
         self.epoch = 0  # the epoch the next iteration will produce
 
@@ -57,29 +77,40 @@ class DataLoader:
         self.epoch = epoch
 
     def __iter__(self):
-        order_rng, augment_rng = (np.random.default_rng(s) for s in
-                                  np.random.SeedSequence([self.seed, self.epoch]).spawn(2))
-        self.epoch += 1
-        batches = self._batches(order_rng, augment_rng)
-        return _prefetched(batches, self.prefetch) if self.prefetch > 0 else batches
+        order_rng = np.random.default_rng(
+            np.random.SeedSequence([self.seed, self.epoch]).spawn(2)[0])
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        batches = self._batches(order_rng, epoch)
+        if self.prefetch <= 0:
+            return batches
+        marked = ((x, y, mark_ready(x)) for x, y in batches)      # run by the producer
+        return _handed_over(_prefetched(marked, self.prefetch))
 
-    def _batches(self, order_rng, augment_rng):
+    def _batches(self, order_rng, epoch: int):
         n = len(self.images)
         order = order_rng.permutation(n) if self.shuffle else np.arange(n)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        augment = KeyedRandom(derive_key(self.seed, AUGMENT_STREAM))
+        for step, start in enumerate(range(0, len(self) * self.batch_size, self.batch_size)):
             idx = order[start:start + self.batch_size]
             x = self.images[idx]
             if self.transform is not None:
-                x = self.transform(x, augment_rng)
-            x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+                x = self.transform(x, augment.at(epoch, step))
             y = self.labels[idx]
             if self.device:
                 x, y = to_device(x), to_device(y)
-            yield x, y
+            yield self._to_float(x), y
+
+    def _to_float(self, x):
+        """float32 where the batch now lives: normalised, or uint8 scaled to [0, 1]."""
+        if self.normalize is not None:
+            return self.normalize(x)
+        return x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 \
+            else x.astype(np.float32)
 
 
-def _class_indices(labels: np.ndarray, num_classes: int | None) -> np.ndarray:
-    """``labels`` as int64 class indices, checked once here rather than in every batch.
+def _class_indices(labels: np.ndarray, num_classes: int | None) -> tuple:
+    """(``labels`` as int64 class indices, their (min, max) or None if there are none),
+    checked once here rather than in every batch.
 
     A cast would turn 1.7 into 1, -1 into the last class of a loss that indexes with it,
     and a uint64 above 2**63 into a negative number, all without a word.
@@ -89,13 +120,15 @@ def _class_indices(labels: np.ndarray, num_classes: int | None) -> np.ndarray:
                          f"{labels.dtype}" + (f" (first values {labels[:3].tolist()}); if they "
                          "are whole numbers, pass labels.astype(np.int64)"
                          if labels.dtype.kind == "f" else ""))
+    span = None
     if labels.size:
         low, high = int(labels.min()), int(labels.max())
         top = np.iinfo(np.int64).max if num_classes is None else num_classes - 1
         if low < 0 or high > top:
             raise ValueError(f"DataLoader: labels must lie in [0, {top}]; got values in "
                              f"[{low}, {high}]")
-    return labels.astype(np.int64, copy=False)
+        span = (low, high)
+    return labels.astype(np.int64, copy=False), span
 
 
 def _prefetched(batches, depth: int):
@@ -139,3 +172,18 @@ def _prefetched(batches, depth: int):
     finally:
         stop.set()
         thread.join()
+
+
+def _handed_over(marked):
+    """Batches from the prefetch thread, each once its copy to the device is complete.
+
+    ``mark_ready`` recorded an event on the producer's stream after the batch's copy and
+    normalisation; ``wait_ready`` makes the consumer's stream wait for it (on the GPU,
+    without blocking the host; on the CPU both are no-ops).
+    """
+    try:
+        for x, y, marker in marked:
+            wait_ready(marker)
+            yield x, y
+    finally:
+        marked.close()                  # stops the prefetch thread when the consumer leaves

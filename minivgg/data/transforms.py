@@ -1,9 +1,12 @@
 """Data augmentation and normalisation, applied to a whole batch at once.
 
-Every transform takes an NCHW batch and a ``numpy.random.Generator`` and returns a batch
-of the same shape and dtype (uint8 in, uint8 out; float in, float out) — except
-``Normalize``, which turns pixels into float32 standard scores. Randomness comes only from
-the generator passed in, so a seeded loader reproduces an epoch exactly.
+Every transform takes an NCHW batch and a generator -- a ``numpy.random.Generator``, or the
+loader's ``minivgg.keyed_random.KeyedRandom`` (the same method names: ``random``,
+``integers``, ``normal``) -- and returns a batch of the same shape and dtype (uint8 in,
+uint8 out; float in, float out) — except ``Normalize``, which turns pixels into float32
+standard scores, on whichever device the batch is (the loader applies it after the copy).
+Randomness comes only from the generator passed in, so a seeded loader reproduces an epoch
+exactly.
 
     RandomCrop(32, padding=4)          shift by up to 4 pixels (pad, then crop)
     HorizontalFlip()                   mirror half of the images
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from minivgg.backend import get_array_module
 
 
 def _as_dtype(x: np.ndarray, dtype) -> np.ndarray:
@@ -200,8 +205,10 @@ class Normalize:
         if x.shape[1] != len(self.mean):
             raise ValueError(f"Normalize: statistics are for {len(self.mean)} channels; got "
                              f"a batch of shape {x.shape}")
-        scale = (1.0 / self.std)[:, None, None]
-        return (x.astype(np.float32) - self.mean[:, None, None]) * scale
+        xp = get_array_module(x)                     # on the device the batch lives on
+        mean = xp.asarray(self.mean[:, None, None])
+        scale = xp.asarray((1.0 / self.std)[:, None, None])
+        return (x.astype(np.float32) - mean) * scale
 
     def state_dict(self) -> dict:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivgg.backend import get_array_module
+from minivgg.keyed_random import KeyedRandom
 from minivgg.layers.base import Layer
 
 
@@ -16,17 +17,25 @@ class Dropout(Layer):
         dx   = dout * keep / (1 - p)   so nothing needs rescaling at evaluation time
 
     In evaluation mode (``eval()`` or ``training=False``) the layer is the identity, and so
-    is its backward. The mask is drawn from ``rng`` (a seeded ``numpy.random.Generator``
-    gives the same masks every run). ``freeze_mask()`` makes later forwards reuse the last
-    mask, which a gradient check needs: the function being differentiated must not change
-    between calls.
+    is its backward. ``freeze_mask()`` makes later forwards reuse the last mask, which a
+    gradient check needs: the function being differentiated must not change between calls.
+
+    The mask is drawn where x lives (NumPy or CuPy) by ``rng``, a counter-based
+    ``minivgg.keyed_random.KeyedRandom``: the same bits on the CPU and the GPU, nothing
+    copied from the host. ``rng`` may be given as a KeyedRandom, an int seed, or a NumPy
+    Generator (seeded from its SeedSequence without drawing from it). The trainer moves it
+    to (epoch, step) before each step, so a resumed run draws the same masks.
     """
 
-    def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None):
+    def __init__(self, p: float = 0.5, rng=None):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
         self.p = p
-        self.rng = np.random.default_rng() if rng is None else rng
+        if isinstance(rng, np.random.Generator):
+            rng = KeyedRandom.from_generator(rng)
+        elif not isinstance(rng, KeyedRandom):
+            rng = KeyedRandom(rng)
+        self.rng = rng
         self.frozen = False
         self.mask = None      # keep / (1 - p), the scaled mask of the last training forward
         self.cache = None
@@ -38,10 +47,9 @@ class Dropout(Layer):
         if not self._is_training(training) or self.p == 0.0:
             self._keep((None, x.shape))                          # identity: dx = dout
             return x
-        xp = get_array_module(x)
         if not (self.frozen and self.mask is not None and self.mask.shape == x.shape):
-            keep = self.rng.random(x.shape) >= self.p          # drawn on the host, seeded
-            self.mask = xp.asarray(keep.astype(x.dtype) / x.dtype.type(1.0 - self.p))
+            keep = self.rng.keep_mask(x.shape, self.p, xp=get_array_module(x))
+            self.mask = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
         mask = self.mask.astype(x.dtype, copy=False)
         self._keep((mask, x.shape))
         return x * mask
