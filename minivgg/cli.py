@@ -71,6 +71,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
           "paper's 'imagenet' 4096-4096 head", choices=("cifar", "imagenet"))
     _flag(m, "--hidden", "hidden Dense sizes of the cifar head, e.g. --hidden 512",
           type=POSITIVE, nargs="*")
+    _flag(m, "--sync-bn", "under mpirun: batch-norm statistics of the whole global batch, "
+          "over all ranks, instead of each rank's shard", action=argparse.BooleanOptionalAction)
     _flag(m, "--dropout", "dropout probability after each hidden Dense layer", type=FRACTION)
     _flag(m, "--init", "weights: 'he' (torchvision) or 'paper' (N(0, 0.01))",
           choices=("he", "paper"))

@@ -49,6 +49,7 @@ DEFAULTS = {
     "patience": 2,
     "augment": "crop+flip", "crop_padding": 4,
     "backend": "auto", "seed": 0, "prefetch": 0,
+    "sync_bn": False,
 }
 # Runs saved before the validation split existed trained on every training image.
 BEFORE_VALIDATION = {"val_split": 0.0}

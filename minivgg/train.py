@@ -298,7 +298,7 @@ class Trainer:
             self.best_top1 = selected if selected is not None else self.best_top1
             self.best_epoch, self.best_step = self.epoch, self.global_step
         self.save(also_best=improved)
-        files.write_csv(self.run_dir / "metrics.csv", self.history)
+        self.write_metrics()
         self.log(self._epoch_line(row) + ("  (best)" if improved and selected is not None
                                           else ""))
 
@@ -310,6 +310,10 @@ class Trainer:
         if "test_top1" in row:
             line += f" | test top-1 {row['test_top1']:.2f}% top-5 {row['test_top5']:.2f}%"
         return line + f" | lr {row['lr']:.4g} | {self.elapsed:.0f} s"
+
+    def write_metrics(self) -> None:
+        """metrics.csv, one row per finished epoch (minivgg.distributed: rank 0 only)."""
+        files.write_csv(self.run_dir / "metrics.csv", self.history)
 
     # -- checkpoints ----------------------------------------------------------------------
     def _progress(self) -> Progress:

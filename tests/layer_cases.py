@@ -26,6 +26,7 @@ from minivgg.layers import (
     LocalResponseNorm,
     MaxPool2D,
     ReLU,
+    SyncBatchNorm2D,
 )
 
 
@@ -78,6 +79,12 @@ def _bn(rng):
     return layer
 
 
+def _sync_bn_one_rank(rng):
+    """Synchronised batch norm over a group of one: it must behave as BatchNorm2D."""
+    from minivgg.distributed.comm import SingleProcess
+    return SyncBatchNorm2D.from_batch_norm(_bn(rng), SingleProcess())
+
+
 def _frozen_dropout(rng):
     return Dropout(0.4, rng=np.random.default_rng(rng.integers(1 << 30)))
 
@@ -100,6 +107,7 @@ CASES = [
     LayerCase("dropout", _frozen_dropout, (3, 6), ndim=None),
     LayerCase("flatten", lambda r: Flatten(), (2, 3, 2, 2), ndim=None),
     LayerCase("batchnorm", _bn, (4, 3, 3, 3)),
+    LayerCase("sync-batchnorm", _sync_bn_one_rank, (4, 3, 3, 3)),
     LayerCase("lrn", lambda r: LocalResponseNorm(n=3, k=1.0, alpha=0.5, beta=0.75),
               (2, 5, 3, 3)),
     LayerCase("global-avg-pool", lambda r: GlobalAvgPool2D(), (2, 3, 4, 5)),

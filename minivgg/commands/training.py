@@ -20,8 +20,16 @@ def config_from_args(args) -> dict:
 
 def train(args) -> int:
     """Check the folder (cheap refusals first), build the run, claim the folder, train."""
+    from minivgg.distributed.launch import LaunchError, world
     from minivgg.files import read_json
     from minivgg.runfolder import RunFolder, new_run_dir
+    try:
+        comm = world()                   # several ranks when started by mpirun -n N
+    except LaunchError as exc:
+        raise UserError(str(exc)) from None
+    if comm.size > 1:
+        from minivgg.commands.distributed import train_over_ranks
+        return train_over_ranks(args, comm)
     if args.overfit_batch is not None:
         return overfit_batch(config_from_args(args), args.overfit_batch)
     if args.resume:

@@ -9,6 +9,7 @@ from minivgg.layers.global_pool import GlobalAvgPool2D
 from minivgg.layers.normalization import BatchNorm2D, LocalResponseNorm
 from minivgg.layers.pooling import MaxPool2D
 from minivgg.layers.reshape import Flatten
+from minivgg.layers.sync_batch_norm import SyncBatchNorm2D
 
 __all__ = ["Layer", "Parameter", "Conv2D", "MaxPool2D", "ReLU", "Dense", "Dropout", "Flatten",
-           "BatchNorm2D", "LocalResponseNorm", "GlobalAvgPool2D"]
+           "BatchNorm2D", "LocalResponseNorm", "GlobalAvgPool2D", "SyncBatchNorm2D"]
