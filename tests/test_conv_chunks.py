@@ -111,3 +111,15 @@ def test_winograd_inference_in_chunks_equals_the_whole_batch(rng):
     assert scratch <= 2 * per_image
     conv.forward(x)                                     # training keeps whole tiles
     assert conv.cache.algorithm == "winograd" and conv.cache.buffer.shape[1] == 5 * 9
+
+
+def test_inference_chunks_take_the_smaller_budget():
+    previous = kernels.set_column_budget(1 << 30)
+    try:
+        per_image = 30 << 20                                   # 30 MiB of columns an image
+        assert kernels.images_per_chunk(8, per_image) == 8                 # training: 1 GiB
+        assert kernels.images_per_chunk(8, per_image, inference=True) == 4  # 128 MiB
+        kernels.set_column_budget(64 << 20)                   # a smaller budget still wins
+        assert kernels.images_per_chunk(8, per_image, inference=True) == 2
+    finally:
+        kernels.set_column_budget(previous)

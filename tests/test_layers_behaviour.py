@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -90,3 +93,19 @@ def test_same_padding_keeps_the_size(rng):
         conv = Conv2D(2, 2, kernel_size=k, padding="same")
         assert conv.forward(rng.standard_normal((1, 2, 9, 9)).astype(np.float32)).shape == \
             (1, 2, 9, 9)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux's /proc")
+def test_a_parameters_gradient_costs_no_memory_until_written():
+    """Inference never writes .grad: its zeros must stay untouched pages (VGG-16: 553 MB)."""
+    from minivgg.layers.base import Parameter
+
+    def resident_mb():
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf(
+            "SC_PAGE_SIZE") / 2**20
+
+    data = np.ones((64, 1 << 20), dtype=np.float32)            # 256 MiB, resident
+    before = resident_mb()
+    p = Parameter(data)
+    assert resident_mb() - before < 32, "the zero gradient was written at creation"
+    assert not p.grad.any() and p.grad.shape == data.shape and p.grad.dtype == data.dtype

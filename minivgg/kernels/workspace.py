@@ -102,6 +102,14 @@ def set_column_budget(nbytes: int) -> int:
     return previous
 
 
-def images_per_chunk(batch: int, bytes_per_image: int) -> int:
-    """How many of ``batch`` images fit the column budget at once (at least 1)."""
-    return max(1, min(batch, column_budget() // max(1, bytes_per_image)))
+# In inference (no_grad) the column matrix is scratch that no backward reads, so chunking
+# it costs nothing but smaller GEMMs: an eighth of a GiB still gives VGG-16's conv1_2
+# GEMMs of 50,000 rows, and keeps its peak memory near PyTorch's (benchmarks/bench_vgg16.py).
+INFERENCE_BUDGET_BYTES = 1 << 27
+
+
+def images_per_chunk(batch: int, bytes_per_image: int, inference: bool = False) -> int:
+    """How many of ``batch`` images fit the column budget at once (at least 1); in
+    inference, the smaller of the budget and INFERENCE_BUDGET_BYTES."""
+    budget = min(column_budget(), INFERENCE_BUDGET_BYTES) if inference else column_budget()
+    return max(1, min(batch, budget // max(1, bytes_per_image)))

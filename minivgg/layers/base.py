@@ -23,6 +23,13 @@ def _layout(a) -> tuple:
     return (tuple(a.shape), a.dtype, device_of(a))
 
 
+def _zero_grad(a):
+    """A zero array like ``a``. ``zeros`` rather than ``zeros_like``: NumPy's zeros_like
+    writes every element, zeros gets pages from the OS that are zero until first written,
+    so a network that only runs inference never pays for its gradients (553 MB for VGG-16)."""
+    return get_array_module(a).zeros(a.shape, dtype=a.dtype)
+
+
 class Parameter:
     """A trainable array and its gradient: always the same shape, dtype and device.
 
@@ -35,7 +42,7 @@ class Parameter:
     def __init__(self, data, decay: bool = True, name: str = "Parameter"):
         self.name = name
         self._data = data
-        self._grad = get_array_module(data).zeros_like(data)
+        self._grad = _zero_grad(data)
         self.decay = decay
 
     @property
@@ -47,7 +54,7 @@ class Parameter:
         if not hasattr(value, "shape") or not hasattr(value, "dtype"):
             raise TypeError(f"{self.name}.data: expected an array, got {type(value).__name__}")
         if _layout(value) != _layout(self._data):
-            self._grad = get_array_module(value).zeros_like(value)
+            self._grad = _zero_grad(value)
         self._data = value
 
     @property

@@ -163,7 +163,7 @@ class Conv2D(Layer):
         n, c = x.shape[:2]
         _, oh, ow = self.output_shape(x.shape[1:])
         per_image = oh * ow * c * self.kernel_size ** 2 * x.dtype.itemsize
-        return kernels.images_per_chunk(n, per_image)
+        return kernels.images_per_chunk(n, per_image, inference=not grad_enabled())
 
     def _forward_im2col(self, x):
         """Y = im2col(x) @ Wm.T + bias, returned as the NCHW view of the NHWC rows.
@@ -215,7 +215,7 @@ class Conv2D(Layer):
         th, tw = tile_grid(h, w)
         bias = None if self.bias is None else self.bias.data
         per_image = 16 * th * tw * (c + self.out_channels) * x.dtype.itemsize   # V and M
-        chunk = n if grad_enabled() else kernels.images_per_chunk(n, per_image)
+        chunk = n if grad_enabled() else kernels.images_per_chunk(n, per_image, inference=True)
         if chunk >= n:
             tiles = self._buffer("tiles", (16, n * th * tw, c), x)
             y, v = kernels.winograd_conv_forward(x, self.weight.data, bias, out=tiles)
