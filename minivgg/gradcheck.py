@@ -27,11 +27,22 @@ def relative_error(analytic, numeric) -> float:
     return float(np.max(np.abs(a - b), initial=0.0)) / scale
 
 
-def _sample(size: int, max_entries: int, rng) -> np.ndarray:
-    """Every flat index of a small tensor, a random sample of a large one."""
+def _sample(size: int, max_entries: int, rng, grad=None) -> np.ndarray:
+    """Every flat index of a small tensor; of a large one, the entries with the largest
+    analytic gradients (half of ``max_entries``) and a random sample of the others.
+
+    The largest entries make "this gradient vanishes" mean the whole tensor's does, not
+    that a random few entries hit dead ReLUs or dropped units; the random ones still catch
+    a backward that puts zeros where the true gradient is not.
+    """
     if size <= max_entries:
         return np.arange(size)
-    return np.sort(rng.choice(size, max_entries, replace=False))
+    if grad is None:
+        return np.sort(rng.choice(size, max_entries, replace=False))
+    top = np.argsort(-np.abs(np.asarray(grad).reshape(-1)), kind="stable")[:max_entries // 2]
+    rest = np.setdiff1d(np.arange(size), top)
+    return np.sort(np.concatenate([top, rng.choice(rest, max_entries - len(top),
+                                                   replace=False)]))
 
 
 def _freeze_dropout(model, frozen: bool) -> None:
@@ -105,7 +116,7 @@ def compute_gradients(model, x, loss_fn=None, *, training=True, eps=1e-6, max_en
         targets = [("input", x, asnumpy(dx))] if check_input else []
         targets += [(k, p.data, analytic[k]) for k, p in tensors.items()]
         for name, arr, grad in targets:
-            idx = _sample(arr.size, max_entries, pick)
+            idx = _sample(arr.size, max_entries, pick, grad)
             numeric = np.empty(len(idx))
             for t, i in enumerate(idx):
                 at = np.unravel_index(int(i), arr.shape)  # in place, whatever the strides

@@ -82,3 +82,15 @@ def test_large_tensors_are_sampled_and_still_checked(rng):
     layer = Conv2D(8, 16, rng=rng).astype(np.float64)   # 1152 weights > max_entries
     errors = check_layer(layer, rng.standard_normal((2, 8, 6, 6)), max_entries=50, tol=TOL)
     assert errors["weight"] < TOL
+
+
+def test_the_sample_takes_the_largest_gradients_and_random_others():
+    """A gradient that is zero but for a few entries is checked at those entries, so a
+    tensor is reported as vanishing only when its whole gradient is."""
+    from minivgg.gradcheck import _sample
+    grad = np.zeros(1000)
+    grad[[7, 500, 993]] = [1e-3, -2.0, 0.5]
+    idx = _sample(grad.size, 8, np.random.default_rng(0), grad)
+    assert {7, 500, 993} <= set(idx.tolist()) and len(set(idx.tolist())) == 8
+    assert len(set(_sample(grad.size, 8, np.random.default_rng(1), grad)) - {7, 500, 993}) >= 4
+    assert _sample(5, 8, np.random.default_rng(0), grad[:5]).tolist() == [0, 1, 2, 3, 4]
