@@ -57,25 +57,13 @@ def _agreed(message: str) -> UserError:
 
 def _decide(args, comm) -> tuple[dict, str | None]:
     """Rank 0: the configuration and the folder (None: a fresh name), or what is wrong."""
-    from minivgg.commands.training import check_saved_config, config_from_args
-    from minivgg.files import RunFileError, read_json
-    from minivgg.run import saved_config
-    from minivgg.runfolder import RunFolder, RunFolderError
+    from minivgg.commands.training import config_and_folder
+    from minivgg.files import RunFileError
+    from minivgg.runfolder import RunFolderError
     if args.overfit_batch is not None:
         raise UserError("--overfit-batch is a single-process check; run it without mpirun")
     try:
-        if args.resume:
-            run_dir = Path(args.resume)
-            missing = [n for n in ("config.json", "last.npz") if not (run_dir / n).is_file()]
-            if missing:
-                raise UserError(f"--resume {run_dir}: expected a run folder with config.json "
-                                f"and last.npz; {' and '.join(missing)} not found")
-            config = saved_config(read_json(run_dir / "config.json"))
-            check_saved_config(config, run_dir / "config.json")
-        else:
-            config, run_dir = config_from_args(args), Path(args.out) if args.out else None
-            if run_dir is not None:
-                RunFolder(run_dir).check()
+        config, run_dir = config_and_folder(args)
     except (RunFileError, RunFolderError) as exc:
         raise UserError(str(exc)) from None
     if config["batch_size"] < comm.size:

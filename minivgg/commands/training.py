@@ -18,10 +18,30 @@ def config_from_args(args) -> dict:
     return config
 
 
+def config_and_folder(args) -> tuple[dict, Path | None]:
+    """The run's configuration and its folder (None: a fresh name is made later): the saved
+    ones with --resume, else the flags' and --out. Cheap refusals, before any work."""
+    from minivgg.files import read_json
+    from minivgg.runfolder import RunFolder
+    if args.resume:
+        run_dir = Path(args.resume)
+        missing = [n for n in ("config.json", "last.npz") if not (run_dir / n).is_file()]
+        if missing:
+            raise UserError(f"--resume {run_dir}: expected a run folder with config.json and "
+                            f"last.npz; {' and '.join(missing)} not found")
+        config = saved_config(read_json(run_dir / "config.json"))
+        check_saved_config(config, run_dir / "config.json")
+        return config, run_dir
+    run_dir = Path(args.out) if args.out else None
+    config = config_from_args(args)
+    if run_dir is not None:
+        RunFolder(run_dir).check()
+    return config, run_dir
+
+
 def train(args) -> int:
     """Check the folder (cheap refusals first), build the run, claim the folder, train."""
     from minivgg.distributed.launch import LaunchError, world
-    from minivgg.files import read_json
     from minivgg.runfolder import RunFolder, new_run_dir
     try:
         comm = world()                   # several ranks when started by mpirun -n N
@@ -32,18 +52,7 @@ def train(args) -> int:
         return train_over_ranks(args, comm)
     if args.overfit_batch is not None:
         return overfit_batch(config_from_args(args), args.overfit_batch)
-    if args.resume:
-        run_dir = Path(args.resume)
-        missing = [n for n in ("config.json", "last.npz") if not (run_dir / n).is_file()]
-        if missing:
-            raise UserError(f"--resume {run_dir}: expected a run folder with config.json and "
-                            f"last.npz; {' and '.join(missing)} not found")
-        config = saved_config(read_json(run_dir / "config.json"))
-        check_saved_config(config, run_dir / "config.json")
-    else:
-        config, run_dir = config_from_args(args), Path(args.out) if args.out else None
-        if run_dir is not None:
-            RunFolder(run_dir).check()               # before any work
+    config, run_dir = config_and_folder(args)
     run = load_run(config)
     run_dir = run_dir or new_run_dir(config["dataset"], config["model"])
     with RunFolder(run_dir, resume=bool(args.resume)):

@@ -125,12 +125,16 @@ class BatchNorm2D(Layer):
     def named_buffers(self):
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 
-    def forward(self, x, training=None):
+    def _check_nchw(self, x) -> None:
+        """A 4-D input with this layer's channels and dtype, or an error naming the layer."""
         self._check_input(x, 4, "(N, C, H, W)")
         if x.shape[1] != self.num_features:
             self._fail(f"expected {self.num_features} channels, got input of shape "
                        f"{tuple(x.shape)} with {x.shape[1]}")
         self._check_dtype(x, self.gamma.data)
+
+    def forward(self, x, training=None):
+        self._check_nchw(x)
         xp = get_array_module(x)
         if not self._is_training(training):
             mean, var = self.running_mean, self.running_var

@@ -75,11 +75,7 @@ class SyncBatchNorm2D(BatchNorm2D):
     def forward(self, x, training=None):
         if not self._is_training(training):
             return super().forward(x, training)
-        self._check_input(x, 4, "(N, C, H, W)")
-        if x.shape[1] != self.num_features:
-            self._fail(f"expected {self.num_features} channels, got input of shape "
-                       f"{tuple(x.shape)} with {x.shape[1]}")
-        self._check_dtype(x, self.gamma.data)
+        self._check_nchw(x)
         xp = get_array_module(x)
         c = self.num_features
         first = xp.zeros(c + 1, dtype=np.float64)          # (sum of x per channel, count)
