@@ -94,11 +94,12 @@ def make(device_count=1, capability="80", compute_type=None):
     cupy.registry = registry
     cupy.ndarray = ndarray
     for name in ("empty", "empty_like", "zeros", "ones", "ascontiguousarray", "maximum",
-                 "sqrt", "arange", "full"):
+                 "sqrt", "arange", "full", "pad", "where"):
         setattr(cupy, name, _wrap(getattr(np, name)))
     cupy.asarray = lambda a, dtype=None: _dev(np.array(a, dtype=dtype))
     cupy.asnumpy = lambda a: np.array(a)
     cupy.float32, cupy.float64, cupy.bool_ = np.float32, np.float64, np.bool_
+    cupy.uint8, cupy.int64, cupy.uint64 = np.uint8, np.int64, np.uint64
 
     linalg = types.ModuleType("cupy._core._routines_linalg")
     linalg.COMPUTE_TYPE_DEFAULT, linalg.COMPUTE_TYPE_PEDANTIC, linalg.COMPUTE_TYPE_TF32 = 1, 2, 7

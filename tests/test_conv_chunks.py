@@ -109,7 +109,8 @@ def test_winograd_inference_in_chunks_equals_the_whole_batch(rng):
     scratch = sum(b.nbytes for k, b in kernels.thread_workspace()._buffers.items()
                   if k in ("conv2d-tiles", "winograd.M"))
     assert scratch <= 2 * per_image
-    conv.forward(x)                                     # training keeps whole tiles
+    kernels.set_column_budget(1 << 30)
+    conv.forward(x)                           # training within the budget keeps whole tiles
     assert conv.cache.algorithm == "winograd" and conv.cache.buffer.shape[1] == 5 * 9
 
 
@@ -123,3 +124,24 @@ def test_inference_chunks_take_the_smaller_budget():
         assert kernels.images_per_chunk(8, per_image, inference=True) == 2
     finally:
         kernels.set_column_budget(previous)
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "auto"])
+def test_winograd_training_over_the_budget_takes_chunked_im2col(algorithm):
+    """Winograd's backward needs every tile of the batch, so training a batch whose tiles
+    exceed the budget falls back to chunked im2col; the gradients are the same."""
+    mv.set_cpu_kernels("numba")
+    rng = np.random.default_rng(4)
+    conv = Conv2D(16, 16, rng=rng, dtype=np.float64, algorithm=algorithm)
+    x = rng.standard_normal((6, 16, 8, 8))
+    dout = rng.standard_normal((6, 16, 8, 8))
+    whole = run(conv, x, dout)
+    assert whole[-1] == "winograd"
+    kernels.set_column_budget(2 * conv._winograd_bytes_per_image(x))
+    assert not conv.uses_winograd(x)
+    chunked = run(conv, x, dout)
+    assert chunked[-1] == "im2col-chunked"
+    for a, b in zip(whole[:4], chunked[:4]):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+    with no_grad():                                   # inference chunks Winograd itself
+        assert conv.uses_winograd(x)

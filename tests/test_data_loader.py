@@ -161,3 +161,27 @@ def test_bad_inputs_are_named():
         DataLoader(images, labels[:5])
     with pytest.raises(ValueError, match="batch_size"):
         DataLoader(images, labels, batch_size=0)
+
+
+def test_crops_and_flips_are_applied_after_the_copy(monkeypatch):
+    """The loader sends the plain uint8 gather and augments where the batch arrived; a
+    transform that is not a device transform still runs before the copy."""
+    class Arrived(np.ndarray):
+        pass
+    seen = []
+    monkeypatch.setattr(loader_module, "to_device", lambda a: a.view(Arrived))
+
+    def record(transform):
+        def run(x, rng):
+            seen.append(type(x))
+            return transform(x, rng)
+        run.on_device = getattr(transform, "on_device", False)
+        return run
+    images, labels = numbered(20)
+    list(DataLoader(images, labels, 10, device=True,
+                    transform=record(Compose([RandomCrop(8, 2), HorizontalFlip()]))))
+    assert seen == [Arrived, Arrived]
+    seen.clear()
+    list(DataLoader(images, labels, 10, device=True,
+                    transform=record(Compose([RandomCrop(8, 2), lambda x, rng: x]))))
+    assert seen == [np.ndarray, np.ndarray]

@@ -108,3 +108,45 @@ def test_compose_applies_in_order(batch):
     rng = np.random.default_rng(0)
     both = Compose([HorizontalFlip(p=1.0), Normalize([0, 0, 0], [255, 255, 255])])(batch, rng)
     np.testing.assert_allclose(both, batch[..., ::-1] / 255.0, rtol=1e-6)
+
+
+def test_crops_and_flips_run_on_the_device_with_the_same_bits(monkeypatch, batch):
+    """On a (fake) CuPy batch, crop offsets and flip choices are drawn by the keyed
+    generator in CuPy -- nothing is copied from the host -- and the result is the same
+    images as on the CPU."""
+    from minivgg.keyed_random import KeyedRandom
+    from tests import fake_cupy
+    cupy = fake_cupy.install(monkeypatch)
+    augment = Compose([RandomCrop(32, 4), HorizontalFlip()])
+    assert augment.on_device and not Compose([ScaleJitter(32, (32, 40))]).on_device
+    on_host = augment(batch, KeyedRandom(5).at(1, 2))
+    x = cupy.asarray(batch)
+
+    def no_copies(*args, **kwargs):
+        raise AssertionError("a host array was copied to the device during augmentation")
+    monkeypatch.setattr(cupy, "asarray", no_copies)
+    on_device = augment(x, KeyedRandom(5).at(1, 2))
+    assert isinstance(on_device, cupy.ndarray) and on_device.dtype == np.uint8
+    np.testing.assert_array_equal(on_device.view(np.ndarray), on_host)
+    assert not np.array_equal(on_host, batch)
+
+
+def test_a_numpy_generator_still_drives_a_device_transform(monkeypatch, batch):
+    """A NumPy Generator draws on the host; its draws go to the device with the batch."""
+    from tests import fake_cupy
+    cupy = fake_cupy.install(monkeypatch)
+    augment = Compose([RandomCrop(32, 4), HorizontalFlip()])
+    on_device = augment(cupy.asarray(batch), np.random.default_rng(3))
+    np.testing.assert_array_equal(on_device.view(np.ndarray),
+                                  augment(batch, np.random.default_rng(3)))
+
+
+@pytest.mark.gpu
+def test_crops_and_flips_on_a_real_gpu_equal_the_cpu(batch):
+    import cupy
+
+    from minivgg.keyed_random import KeyedRandom
+    augment = Compose([RandomCrop(32, 4), HorizontalFlip()])
+    on_device = augment(cupy.asarray(batch), KeyedRandom(5).at(1, 2))
+    assert isinstance(on_device, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(on_device), augment(batch, KeyedRandom(5).at(1, 2)))

@@ -3,11 +3,12 @@
 A batch is gathered with one fancy-indexing copy (``images[indices]``) and transformed as a
 whole, so no Python loop runs per sample. Batches are float32 NCHW images and int64 labels.
 
-The way of a batch: gather and augment on the host, in the images' own dtype (uint8 for
-every data set here); copy to the device (``device=True``) -- 1 byte a pixel, not 4; there
-convert to float32 and normalise (``normalize``, a Normalize: per-channel standard scores;
-without it a uint8 batch is scaled to [0, 1]). A ``transform`` that normalises itself
-returns float32 on the host, and the float32 batch is what travels.
+The way of a batch: gather on the host, in the images' own dtype (uint8 for every data set
+here); copy to the device (``device=True``) -- 1 byte a pixel, not 4; there crop and flip
+(device transforms: ``on_device`` in transforms.py; any other transform runs on the host
+before the copy), convert to float32 and normalise (``normalize``, a Normalize: per-channel
+standard scores; without it a uint8 batch is scaled to [0, 1]). A ``transform`` that
+normalises itself returns float32, and on the host the float32 batch is what travels.
 
 Reproducibility: epoch ``e`` draws its order from a generator seeded by ``(seed, e)``;
 batch ``b`` draws its augmentations from a KeyedRandom at position (e, b) of the loader's own
@@ -38,8 +39,9 @@ class DataLoader:
                indices >= 0 (and < ``num_classes`` when that is given), checked once here
                for the whole data set (``label_range``), not in every batch. Float labels
                are refused, not rounded: 1.7 is not a class
-    transform: called as ``transform(batch, rng)`` on each batch on the host (see
-               transforms.py); ``rng`` is the batch's KeyedRandom
+    transform: called as ``transform(batch, rng)`` on each batch (see transforms.py);
+               ``rng`` is the batch's KeyedRandom. On the device after the copy if the
+               transform says ``on_device`` (crops, flips), else on the host before it
     normalize: a Normalize applied after the batch reached the device (float32 out);
                without it a uint8 batch is scaled to [0, 1], a float batch used as it is
     drop_last: skip the final batch when it is smaller than ``batch_size``
@@ -92,13 +94,21 @@ class DataLoader:
         augment = KeyedRandom(derive_key(self.seed, AUGMENT_STREAM))
         for step, start in enumerate(range(0, len(self) * self.batch_size, self.batch_size)):
             idx = order[start:start + self.batch_size]
-            x = self.images[idx]
-            if self.transform is not None:
-                x = self.transform(x, augment.at(epoch, step))
-            y = self.labels[idx]
+            x, y = self.images[idx], self.labels[idx]
+            rng = augment.at(epoch, step)
+            if self.transform is not None and not self._transform_on_device:
+                x = self.transform(x, rng)                # on the host, then copied
             if self.device:
                 x, y = to_device(x), to_device(y)
+            if self.transform is not None and self._transform_on_device:
+                x = self.transform(x, rng)                # where the batch now is
             yield self._to_float(x), y
+
+    @property
+    def _transform_on_device(self) -> bool:
+        """Whether the transform runs after the copy, on the batch's device (crops and
+        flips, written with the batch's array module; transforms.py), or before it."""
+        return getattr(self.transform, "on_device", False)
 
     def _to_float(self, x):
         """float32 where the batch now lives: normalised, or uint8 scaled to [0, 1]."""

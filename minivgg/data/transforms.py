@@ -8,6 +8,12 @@ standard scores, on whichever device the batch is (the loader applies it after t
 Randomness comes only from the generator passed in, so a seeded loader reproduces an epoch
 exactly.
 
+RandomCrop and HorizontalFlip (and a Compose of only them and Normalize) are *device
+transforms* (``on_device = True``): written with the array module of the batch, they run
+where the batch is. The loader then applies them after the copy, so on the GPU a uint8
+batch travels as it is, and the crop offsets and flip choices are drawn there by the keyed
+generator (the same bits as on the CPU): nothing but the images crosses from the host.
+
     RandomCrop(32, padding=4)          shift by up to 4 pixels (pad, then crop)
     HorizontalFlip()                   mirror half of the images
     ScaleJitter(32, (32, 40))          VGG's training-scale jitter: rescale, then crop
@@ -19,7 +25,6 @@ exactly.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from minivgg.backend import get_array_module
 
@@ -41,21 +46,38 @@ def _check_batch(name: str, x: np.ndarray) -> None:
         raise ValueError(f"{name}: expected an NCHW batch (4 dimensions); got shape {x.shape}")
 
 
-def random_crops(x: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def _draw(rng, method: str, *args, xp=np):
+    """``rng.method(*args)`` computed in ``xp``: a KeyedRandom draws in any array module; a
+    NumPy Generator draws on the host (and its draws are copied where the batch is)."""
+    if xp is np:
+        return getattr(rng, method)(*args)
+    if hasattr(rng, "keep_mask"):                     # a KeyedRandom: draw on the device
+        return getattr(rng, method)(*args, xp=xp)
+    return xp.asarray(getattr(rng, method)(*args))
+
+
+def random_crops(x, size: int, rng):
     """One random size×size window of each image of ``x`` (N, C, H, W) -> (N, C, size, size).
 
-    sliding_window_view lists every window without copying: shape (N, C, H', W', size, size);
-    picking window (top[i], left[i]) of image i is then a single fancy-indexing gather.
+    ``as_strided`` lists every window without copying -- shape (N, C, H', W', size, size),
+    window (a, b) of an image starting at its pixel (a, b) -- so picking window
+    (top[i], left[i]) of image i is a single fancy-indexing gather.
     """
-    n, _, h, w = x.shape
-    top = rng.integers(0, h - size + 1, n)
-    left = rng.integers(0, w - size + 1, n)
-    windows = sliding_window_view(x, (size, size), axis=(2, 3))
-    return windows[np.arange(n), :, top, left]
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    top = _draw(rng, "integers", 0, h - size + 1, n, xp=xp)
+    left = _draw(rng, "integers", 0, w - size + 1, n, xp=xp)
+    x = xp.ascontiguousarray(x)
+    sn, sc, sh, sw = x.strides
+    windows = xp.lib.stride_tricks.as_strided(
+        x, (n, c, h - size + 1, w - size + 1, size, size), (sn, sc, sh, sw, sh, sw))
+    return windows[xp.arange(n), :, top, left]
 
 
 class RandomCrop:
     """Pad each side by ``padding`` pixels, then crop a random ``size``×``size`` window."""
+
+    on_device = True
 
     def __init__(self, size: int = 32, padding: int = 4, mode: str = "constant"):
         self.size, self.padding, self.mode = size, padding, mode
@@ -63,7 +85,7 @@ class RandomCrop:
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         _check_batch("RandomCrop", x)
         p = self.padding
-        padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode=self.mode)
+        padded = get_array_module(x).pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode=self.mode)
         if padded.shape[2] < self.size or padded.shape[3] < self.size:
             raise ValueError(f"RandomCrop: images of {x.shape[2:]} padded by {p} are smaller "
                              f"than the crop size {self.size}")
@@ -74,17 +96,22 @@ class RandomCrop:
 
 
 class HorizontalFlip:
-    """Mirror each image left-right with probability ``p``."""
+    """Mirror each image left-right with probability ``p``.
+
+    ``where`` picks each image from the batch or its mirror: no boolean indexing, whose
+    result size the GPU would have to report back to the host.
+    """
+
+    on_device = True
 
     def __init__(self, p: float = 0.5):
         self.p = p
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         _check_batch("HorizontalFlip", x)
-        flip = rng.random(len(x)) < self.p
-        out = x.copy()
-        out[flip] = x[flip, :, :, ::-1]
-        return out
+        xp = get_array_module(x)
+        flip = _draw(rng, "random", len(x), xp=xp) < self.p
+        return xp.where(flip[:, None, None, None], x[..., ::-1], x)
 
     def __repr__(self):
         return f"HorizontalFlip(p={self.p})"
@@ -186,6 +213,8 @@ class Normalize:
     a checkpoint can store them and ``Normalize(**state)`` restores them.
     """
 
+    on_device = True
+
     def __init__(self, mean, std):
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
@@ -222,6 +251,11 @@ class Compose:
 
     def __init__(self, transforms):
         self.transforms = list(transforms)
+
+    @property
+    def on_device(self) -> bool:
+        """A device transform if every one of its steps is."""
+        return all(getattr(t, "on_device", False) for t in self.transforms)
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         for transform in self.transforms:

@@ -69,7 +69,8 @@ class Conv2D(Layer):
     A batch whose column matrix would exceed the column budget (1 GiB by default,
     ``kernels.set_column_budget``) is convolved in chunks of images: forward keeps x
     instead of its columns, and backward rebuilds each chunk's columns from it. Winograd
-    does the same in inference (under ``no_grad``: its tiles and output tiles per chunk).
+    does the same in inference (under ``no_grad``: its tiles and output tiles per chunk);
+    in training, a batch whose tiles exceed the budget is convolved by chunked im2col.
 
     ``algorithm``: "im2col" (the above, for every convolution), "winograd" (F(2x2, 3x3),
     kernels/winograd.py: 2.25x fewer multiplications, for 3x3 stride-1 padding-1 only; NumPy
@@ -117,11 +118,23 @@ class Conv2D(Layer):
         return int(padding)
 
     def uses_winograd(self, x) -> bool:
-        """Whether forward(x) runs Winograd F(2x2, 3x3) rather than im2col."""
+        """Whether forward(x) runs Winograd F(2x2, 3x3) rather than im2col.
+
+        Not in training when the batch's tiles would exceed the column budget: backward
+        needs all of them, so such a batch takes chunked im2col, whose memory is bounded.
+        """
         if self.algorithm == "im2col" or not winograd_applies(self.kernel_size, self.stride,
                                                               self.padding):
             return False
+        if grad_enabled() and x.shape[0] * self._winograd_bytes_per_image(x) \
+                > kernels.column_budget():
+            return False
         return self.algorithm == "winograd" or kernels.winograd_preferred(x)
+
+    def _winograd_bytes_per_image(self, x) -> int:
+        """Winograd's input and output tiles (V and M, 16 per 2x2 tile) for one image."""
+        th, tw = tile_grid(*x.shape[2:])
+        return 16 * th * tw * (x.shape[1] + self.out_channels) * x.dtype.itemsize
 
     def output_shape(self, input_shape):
         """(C, H, W) -> (F, OH, OW), with the floor rule."""
@@ -214,7 +227,7 @@ class Conv2D(Layer):
         n, c, h, w = x.shape
         th, tw = tile_grid(h, w)
         bias = None if self.bias is None else self.bias.data
-        per_image = 16 * th * tw * (c + self.out_channels) * x.dtype.itemsize   # V and M
+        per_image = self._winograd_bytes_per_image(x)
         chunk = n if grad_enabled() else kernels.images_per_chunk(n, per_image, inference=True)
         if chunk >= n:
             tiles = self._buffer("tiles", (16, n * th * tw, c), x)
