@@ -299,7 +299,8 @@ def _training_parts(ds: Dataset, config: dict) -> dict:
 
 def _add_loaders(run: Run, ds: Dataset, parts: dict) -> None:
     config, (images, labels), k = run.config, parts["train"], len(run.classes)
-    run.train_loader = DataLoader(          # augmented on the host, normalised on the device
+    run.train_loader = DataLoader(          # copied as uint8; cropped, flipped and normalised
+                                            # on the device (PCA lighting, scale jitter: host)
         images, labels, config["batch_size"], shuffle=True,
         transform=augmentation(config, ds.image_shape[1]), normalize=run.normalize,
         drop_last=len(labels) > config["batch_size"], seed=config["seed"], device=True,
