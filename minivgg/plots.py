@@ -22,13 +22,17 @@ from minivgg.layers import Conv2D, MaxPool2D  # noqa: E402
 from minivgg.modes import no_grad  # noqa: E402
 
 
-def _save(fig, path) -> Path:
-    """Save via a temporary file and rename, like every other file of a run."""
+def _save(fig, path, tight: bool = True) -> Path:
+    """Save via a temporary file and rename, like every other file of a run.
+
+    ``tight``: crop the margins to what is drawn (which draws the figure twice); figures
+    laid out by hand (a single mosaic) pass False.
+    """
     import io
 
     from minivgg.files import atomic_write_bytes
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight" if tight else None)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
@@ -40,6 +44,21 @@ def _as_picture(img: np.ndarray) -> np.ndarray:
     lo, hi = img.min(), img.max()
     img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
     return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+
+
+def mosaic(pictures, cols: int, gap: int = 2, below: int = 0) -> np.ndarray:
+    """Pictures (each (h, w, 3) or (h, w) in [0, 1], all one size) in a grid of ``cols``
+    columns, ``gap`` white pixels apart and ``below`` more white pixels under each row (room
+    for labels): one (H, W, 3) image, drawn with a single imshow (a figure of one picture
+    renders several times faster than one axes per picture)."""
+    h, w = pictures[0].shape[:2]
+    rows, step_y, step_x = -(-len(pictures) // cols), h + gap + below, w + gap
+    out = np.ones((rows * step_y - gap, cols * step_x - gap, 3), dtype=np.float32)
+    for k, picture in enumerate(pictures):
+        r, c = divmod(k, cols)
+        rgb = picture if picture.ndim == 3 else picture[:, :, None]
+        out[r * step_y:r * step_y + h, c * step_x:c * step_x + w] = rgb
+    return out
 
 
 LABELS = {"train": "train", "val": "validation", "test": "test"}
@@ -93,21 +112,26 @@ def plot_confusion(labels, predicted, classes, path) -> Path:
 
 
 def plot_predictions(images, labels, predicted, classes, path, n: int = 18) -> Path:
-    """The first ``n`` test images, titled "predicted / true" (red when wrong)."""
+    """The first ``n`` test images, each labelled "predicted (true)" (red when wrong)."""
     n = min(n, len(images))
-    cols = 6
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.7, rows * 1.9))
-    for i, ax in enumerate(np.ravel(axes)):
-        ax.axis("off")
-        if i >= n:
-            continue
-        ax.imshow(_as_picture(images[i]), cmap="gray", interpolation="nearest")
+    cols = min(6, n)
+    pictures = [_as_picture(images[i]) for i in range(n)]
+    h, w = pictures[0].shape[:2]
+    gap, below = max(2, w // 10), h * 9 // 20             # two lines of text under each
+    grid = mosaic(pictures, cols, gap, below)
+    width = cols * 1.4                                     # inches; the height follows
+    fig = plt.figure(figsize=(width, width * grid.shape[0] / grid.shape[1] + 0.4))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1 - 0.4 / fig.get_figheight()))
+    ax.imshow(grid, interpolation="nearest")
+    ax.axis("off")
+    for i in range(n):
+        r, c = divmod(i, cols)
         right = predicted[i] == labels[i]
-        ax.set_title(f"{classes[predicted[i]]}\n({classes[labels[i]]})", fontsize=7,
-                     color="black" if right else "red")
+        ax.text(c * (w + gap) + w / 2, r * (h + gap + below) + h + 1,
+                f"{classes[predicted[i]]}\n({classes[labels[i]]})", ha="center", va="top",
+                fontsize=7, color="black" if right else "red")
     fig.suptitle("predicted (true)", fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 def first_conv_weight(model) -> np.ndarray:
@@ -122,14 +146,13 @@ def plot_filters(weight: np.ndarray, path) -> Path:
     f = weight.shape[0]
     cols = min(f, 16)
     rows = -(-f // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.4), squeeze=False)
-    for i, ax in enumerate(axes.ravel()):
-        ax.axis("off")
-        if i < f:
-            ax.imshow(_as_picture(weight[i]), cmap="gray", interpolation="nearest")
+    fig = plt.figure(figsize=(cols * 0.6, rows * 0.6 + 0.4))
+    ax = fig.add_axes((0.0, 0.0, 1.0, rows * 0.6 / (rows * 0.6 + 0.4)))
+    ax.imshow(mosaic([_as_picture(w) for w in weight], cols, gap=1), interpolation="nearest")
+    ax.axis("off")
     fig.suptitle(f"first-layer filters ({f} x {weight.shape[1]} x {weight.shape[2]} x "
                  f"{weight.shape[3]})", fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 def block_outputs(model, x) -> list[tuple[str, np.ndarray]]:
@@ -197,7 +220,9 @@ def plot_feature_maps(model, image: np.ndarray, x, path, per_block: int = 8) -> 
                 ax_side.set_title("input", fontsize=7)
             ax_side.axis("off")
     fig.suptitle("feature maps after each block (the most active channels)", fontsize=9)
-    return _save(fig, path)
+    fig.subplots_adjust(left=0.02, right=0.97, bottom=0.08, top=1 - 0.5 / fig.get_figheight(),
+                        hspace=0.45, wspace=0.05)
+    return _save(fig, path, tight=False)
 
 
 def run_plots(run_dir, run, history, test_result=None) -> list[Path]:

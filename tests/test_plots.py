@@ -12,6 +12,7 @@ from minivgg.plots import (
     block_outputs,
     confusion_matrix,
     first_conv_weight,
+    mosaic,
     plot_confusion,
     plot_curves,
     plot_feature_maps,
@@ -51,7 +52,7 @@ def test_curves(tmp_path):
 def test_curves_show_the_validation_split_when_there_is_one(tmp_path, monkeypatch):
     import minivgg.plots as plots
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "_save", lambda fig, path, **_: figures.append(fig) or path)
     history = [{"epoch": e, "train_loss": 2 / e, "val_loss": 2.1 / e, "test_loss": 2.2 / e,
                 "train_top1": 30 + e, "val_top1": 29 + e, "test_top1": 28 + e}
                for e in range(1, 4)]
@@ -95,7 +96,7 @@ def test_feature_map_rows_show_the_strongest_channels(model, tmp_path, monkeypat
     import minivgg.plots as plots
 
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "_save", lambda fig, path, **_: figures.append(fig) or path)
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
     plot_feature_maps(model, np.zeros((3, 32, 32), np.uint8), x, tmp_path / "f.png",
                       per_block=4)
@@ -111,3 +112,13 @@ def test_feature_map_rows_show_the_strongest_channels(model, tmp_path, monkeypat
     heights = [bar.get_height() for bar in last.patches]
     np.testing.assert_allclose(heights, values[top], rtol=1e-6)
     assert [t.get_text() for t in last.get_xticklabels()] == [str(c) for c in top]
+
+
+def test_mosaic_places_each_picture_in_its_cell_with_white_between():
+    a, b = np.zeros((2, 2, 3)), np.full((2, 2), 0.5)          # a colour and a grey picture
+    grid = mosaic([a, b, a], cols=2, gap=1, below=2)
+    assert grid.shape == (2 * (2 + 1 + 2) - 1, 2 * 3 - 1, 3)
+    np.testing.assert_array_equal(grid[0:2, 0:2], a)
+    np.testing.assert_array_equal(grid[0:2, 3:5], np.full((2, 2, 3), 0.5))
+    np.testing.assert_array_equal(grid[5:7, 0:2], a)
+    assert (grid[2:5] == 1).all() and (grid[:, 2] == 1).all() and (grid[5:, 3:] == 1).all()

@@ -101,15 +101,19 @@ def channel_sums(a, out=None):
     """The column sums of a 2-D array ``a`` (M, C), shape (C,): reference.channel_sums.
 
     Used for bias gradients and batch norm's statistics. On the GPU a two-stage product with
-    a vector of ones on cuBLAS (gpu_channels.py: the whole device busy, never TF32); on the
-    CPU NumPy's sum over rows. ``out``, if given, is the C-contiguous (C,) result buffer.
+    a vector of ones on cuBLAS (gpu_channels.py: the whole device busy, never TF32); with
+    the Numba kernels, blocks of rows summed in parallel in float64 (cpu.py); else NumPy's
+    sum over rows. ``out``, if given, is the C-contiguous (C,) result buffer.
     """
     checks.floats("channel_sums", "a", a, ndim=2)
     shape = (a.shape[1],)
     if out is not None:
         checks.out_buffer("channel_sums", out, shape, a.dtype, a)
-    if implementation(a) is not gpu:
+    impl = implementation(a)
+    if impl is reference:
         return reference.channel_sums(a, out=out)
+    if impl is not gpu:
+        return impl.channel_sums(a, out=out)
     out = _empty(a, shape, a.dtype) if out is None else out
     return gpu.channel_sums(a, out)
 

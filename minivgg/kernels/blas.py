@@ -9,9 +9,10 @@ GIL in matmul) take the products in contiguous blocks: several times faster on t
 benchmark machine (benchmarks/results/amd-epyc-2core-2026-11-24-gemm-stacks.md).
 
 One big GEMM (``matmul_rows``: im2col's products, Dense layers) is shared out the same way,
-by blocks of rows, for a second reason found on the benchmark: after a multi-threaded
-OpenBLAS call, OpenBLAS's threads keep spinning for a while (its thread timeout) and take
-the other core from the Numba kernels that follow, so every layer after the first
+by blocks of rows (for a weight gradient, of the inner dimension), for a second reason
+found on the benchmark: after a multi-threaded OpenBLAS call, OpenBLAS's threads keep
+spinning for a while (its thread timeout) and take the other core from the Numba kernels
+that follow, so every layer after the first
 convolution's im2col GEMM ran slower (benchmarks/results/amd-epyc-2core-2026-11-25.md;
 ``OPENBLAS_THREAD_TIMEOUT`` cures it too, but only when set before NumPy is imported).
 OpenBLAS at one thread never wakes its pool, so nothing is left spinning.
@@ -94,14 +95,28 @@ def _blocks(n, workers):
 
 
 def matmul_rows(a, b, out=None):
-    """``a @ b`` for 2-D a (M, K) and b (K, N); blocks of rows of a shared out among threads."""
+    """``a @ b`` for 2-D a (M, K) and b (K, N); blocks of rows of a shared out among threads.
+
+    A short, wide ``a`` (M < K: a weight gradient dY.T @ cols, whose K is every output
+    position of the batch) is split along K instead: each thread multiplies its slice of
+    the positions into a partial (M, N) product, and the partials are added. Splitting its
+    few rows would give each thread a sliver of the output to compute from all of K.
+    """
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
     with _OneThread() as threads:
-        workers = min(threads or 1, a.shape[0])
-        if workers < 2 or a.shape[0] * a.shape[1] * b.shape[1] < SMALL_GEMM:
+        m, k = a.shape
+        workers = min(threads or 1, max(m, k))
+        if workers < 2 or m * k * b.shape[1] < SMALL_GEMM:
             return np.matmul(a, b, out=out)
-        _share([(a[i:j], b, out[i:j]) for i, j in _blocks(a.shape[0], workers)])
+        if m < k:
+            partials = [out] + [np.empty_like(out) for _ in range(workers - 1)]
+            _share([(a[:, i:j], b[i:j], part)
+                    for (i, j), part in zip(_blocks(k, workers), partials)])
+            for part in partials[1:]:
+                out += part
+            return out
+        _share([(a[i:j], b, out[i:j]) for i, j in _blocks(m, workers)])
     return out
 
 

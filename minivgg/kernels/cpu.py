@@ -36,15 +36,25 @@ configure_numba_threads()  # before the first parallel kernel runs
 
 __all__ = ["im2col_nhwc", "col2im_nhwc", "maxpool_forward_nhwc", "maxpool_backward_nhwc",
            "relu_forward_flat", "relu_backward_flat", "matmul", "MAX_POOL_WINDOW",
-           "channel_moments_rows", "channel_grad_sums_rows", "batchnorm_normalize_rows",
-           "batchnorm_dx_rows"]
+           "channel_sums", "channel_moments_rows", "channel_grad_sums_rows",
+           "batchnorm_normalize_rows", "batchnorm_dx_rows"]
 
 MAX_POOL_WINDOW = 46340    # argmax is uint8 up to 16 x 16, else int32: i * k + j < 2**31
 
 # -- compiled loops (all on C-contiguous NHWC arrays) -----------------------------------------
 
-@njit(parallel=True, cache=True)
+FEW_CHANNELS = 8         # below this, im2col writes each row in order (faster for RGB input)
+
+
 def im2col_nhwc(x, kh, kw, stride, pad, oh, ow, cols):
+    """cols (N*OH*OW, C*kh*kw) from x (N, H, W, C): one of two loops, by channel count."""
+    loop = _im2col_in_column_order if x.shape[3] < FEW_CHANNELS else _im2col_by_channels
+    loop(x, kh, kw, stride, pad, oh, ow, cols)
+
+
+@njit(parallel=True, cache=True)
+def _im2col_by_channels(x, kh, kw, stride, pad, oh, ow, cols):
+    # For each tap (i, j), the pixel's C channels are contiguous in x: read them in a row.
     n, h, w, c = x.shape
     kk = kh * kw
     for t in prange(n * oh):
@@ -62,6 +72,30 @@ def im2col_nhwc(x, kh, kw, stride, pad, oh, ow, cols):
                     else:
                         for ch in range(c):
                             cols[row, ch * kk + col] = 0
+
+
+@njit(parallel=True, cache=True)
+def _im2col_in_column_order(x, kh, kw, stride, pad, oh, ow, cols):
+    # The same columns, each row written left to right (channel, then i, then j): with 3
+    # channels the loop above writes 3 values 9 apart per tap, this one a row in sequence.
+    n, h, w, c = x.shape
+    for t in prange(n * oh):
+        b, y0 = t // oh, t % oh
+        for ox in range(ow):
+            row = t * ow + ox
+            top, left = y0 * stride - pad, ox * stride - pad
+            interior = top >= 0 and top + kh <= h and left >= 0 and left + kw <= w
+            col = 0
+            for ch in range(c):
+                for i in range(kh):
+                    y = top + i
+                    for j in range(kw):
+                        z = left + j
+                        if interior or (0 <= y < h and 0 <= z < w):
+                            cols[row, col] = x[b, y, z, ch]
+                        else:
+                            cols[row, col] = 0
+                        col += 1
 
 
 @njit(parallel=True, cache=True)
@@ -165,6 +199,38 @@ def relu_backward_flat(dout, mask, dx):
 # float64 even for float32 data. The moments are taken of x - shift, with shift one value
 # of each channel (close to its mean), so the one-pass variance E[(x-s)^2] - E[x-s]^2 does
 # not cancel catastrophically as E[x^2] - E[x]^2 can when the mean is large.
+
+@njit(parallel=True, cache=True)
+def channel_sums_rows(a, sums):
+    """sums[t] = the column sums of block t of the rows of ``a`` (M, C), in float64."""
+    m, c = a.shape
+    blocks = sums.shape[0]
+    step = (m + blocks - 1) // blocks
+    for t in prange(blocks):
+        s = sums[t]
+        s[:] = 0.0
+        for i in range(t * step, min(m, (t + 1) * step)):
+            for ch in range(c):
+                s[ch] += a[i, ch]
+
+
+SMALL_SUM = 1 << 16      # entries below which NumPy's own sum beats a parallel launch
+SUM_BLOCKS = 64          # more blocks than cores, as batch_norm.py's
+
+
+def channel_sums(a, out=None):
+    """The column sums of ``a`` (M, C): per-block float64 sums in parallel, then added up
+    (the bias gradients). Small or strided arrays take NumPy's sum (the reference's)."""
+    if a.size < SMALL_SUM or not a.flags.c_contiguous:
+        return np.sum(a, axis=0, out=out)
+    sums = np.empty((min(SUM_BLOCKS, a.shape[0]), a.shape[1]), dtype=np.float64)
+    channel_sums_rows(a, sums)
+    total = sums.sum(axis=0)
+    if out is None:
+        return total.astype(a.dtype)
+    out[...] = total
+    return out
+
 
 @njit(parallel=True, cache=True)
 def channel_moments_rows(x, shift, sums):
