@@ -56,7 +56,8 @@ def minivgg_model(seed=0, algorithm="auto"):
         if v == "M":
             layers.append(MaxPool2D(2, 2))
         else:
-            layers += [Conv2D(c, v, 3, 1, 1, rng=rng, algorithm=algorithm), ReLU()]
+            layers += [Conv2D(c, v, 3, 1, 1, rng=rng, algorithm=algorithm),
+                       ReLU(inplace=True)]                  # as models/vgg.py and torch
             c = v
     model = Sequential(*layers, Flatten(), Dense(512, 10, rng=rng))
     model[0].input_grad = False            # the data needs no gradient

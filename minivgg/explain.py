@@ -227,7 +227,7 @@ def gradcam(model, x, k, layer=None):
     if a.ndim != 4:
         raise ValueError(f"gradcam: {path} outputs shape {tuple(a.shape)}; expected a map "
                          "(1, C, h, w) -- pick a layer of the features")
-    h = a
+    h = a.copy()                  # the next layer may write over its input (ReLU in place)
     for lay in leaves[cut:]:
         h = lay.forward(h, training=False)
     d = _one_hot(h, k)

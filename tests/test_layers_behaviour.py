@@ -109,3 +109,51 @@ def test_a_parameters_gradient_costs_no_memory_until_written():
     p = Parameter(data)
     assert resident_mb() - before < 32, "the zero gradient was written at creation"
     assert not p.grad.any() and p.grad.shape == data.shape and p.grad.dtype == data.dtype
+
+
+@pytest.mark.parametrize("cpu_kernels", ["numpy", "numba"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_relu_in_place_gives_the_same_values_in_the_input_memory(cpu_kernels, layout):
+    """ReLU(inplace=True) writes y over x (NCHW views of NHWC memory included); values,
+    mask and gradient equal the ReLU that leaves x alone."""
+    from minivgg import backend
+    saved = backend.get_cpu_kernels()
+    backend.set_cpu_kernels(cpu_kernels)
+    try:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+        if layout == "nhwc":
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        plain, in_place = ReLU(), ReLU(inplace=True)
+        want = plain.forward(x)
+        assert not np.shares_memory(want, x)
+        x_before = x.copy()
+        got = in_place.forward(x)
+        assert np.shares_memory(got, x) and got.strides == x.strides
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(x, np.maximum(x_before, 0))      # x was overwritten
+        dout = rng.standard_normal(x.shape).astype(np.float32)
+        np.testing.assert_array_equal(in_place.backward(dout), plain.backward(dout))
+        assert repr(in_place) == "ReLU(inplace=True)" and repr(plain) == "ReLU()"
+    finally:
+        backend.set_cpu_kernels(saved)
+
+
+def test_vgg_relus_run_in_place_and_nothing_they_overwrite_is_read_again():
+    """The models build their ReLUs in place: a training step's gradients equal those of the
+    same network with ReLUs that copy (so no layer read an overwritten array)."""
+    from minivgg.models import vgg
+    kw = dict(head="cifar", width=0.125, batch_norm=True, hidden=(16,), dropout=0.0,
+              seed=0, dtype=np.float64)
+    a, b = vgg("A", 10, 32, **kw), vgg("A", 10, 32, **kw)
+    relus = [layer for _, layer in b.named_layers() if isinstance(layer, ReLU)]
+    assert relus and all(r.inplace for r in relus)
+    for r in relus:
+        r.inplace = False
+    x = np.random.default_rng(1).standard_normal((4, 3, 32, 32))
+    dout = np.random.default_rng(2).standard_normal((4, 10))
+    for model in (a, b):
+        model.forward(x, training=True)
+        model.backward(dout)
+    for (name, p), (_, q) in zip(a.named_parameters().items(), b.named_parameters().items()):
+        np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)

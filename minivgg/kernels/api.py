@@ -174,14 +174,21 @@ def maxpool_backward(dout, argmax, x_shape, k=2, stride=2):
 
 # -- ReLU: elementwise, in memory order (an NCHW view of NHWC data stays one) ---------------
 
-def relu_forward(x):
-    """``(max(x, 0), x > 0)``: the output and the boolean mask backward needs."""
+def relu_forward(x, inplace: bool = False):
+    """``(max(x, 0), x > 0)``: the output and the boolean mask backward needs.
+
+    ``inplace``: the output may take x's memory (it does wherever x's entries can be run
+    over in memory order: contiguous arrays and their transposes, such as NCHW views of
+    NHWC memory), so x must not be read afterwards. Elementwise, each entry is read before
+    it is written, so the kernels need no second buffer.
+    """
     checks.floats("relu_forward", "x", x)
     impl = implementation(x)
     if impl is reference:
-        return reference.relu_forward(x)
+        return reference.relu_forward(x, inplace)
     flat, restore, _ = memory_order(x)
-    y, mask = _empty(x, flat.shape, x.dtype), _empty(x, flat.shape, np.bool_)
+    y = flat if inplace else _empty(x, flat.shape, x.dtype)
+    mask = _empty(x, flat.shape, np.bool_)
     impl.relu_forward_flat(flat, y, mask)
     return restore(y), restore(mask)
 

@@ -125,14 +125,15 @@ def channel_sums(a, out=None):
     return np.sum(a, axis=0, out=out)
 
 
-def relu_forward(x):
+def relu_forward(x, inplace: bool = False):
     """Rectified linear unit: ``y = max(x, 0)`` and the mask ``x > 0`` backward needs.
 
     Returns ``(y, mask)``, both shaped like ``x``; mask is boolean (one byte per entry).
     A NaN stays NaN (as in PyTorch), so a diverging network cannot hide it from the loss.
+    ``inplace``: y is written over x (and x is returned as y).
     """
     mask = x > 0
-    return np.maximum(x, np.zeros((), dtype=x.dtype)), mask
+    return np.maximum(x, np.zeros((), dtype=x.dtype), out=x if inplace else None), mask
 
 
 def relu_backward(dout, mask):

@@ -16,7 +16,7 @@ machine than 16 multi-threaded GEMMs).
   tiles that cover it, so no two threads write the same place.
 - The filter transform U and the GEMM outputs M, dM, dU and dV never leave a call: they
   live in the thread's workspace (workspace.py), reused from call to call, because fresh
-  arrays of tens of megabytes cost page faults every step.
+  arrays of tens of megabytes cost page faults every step. M and dM share one buffer.
 - No fastmath (it would let LLVM reorder sums).
 """
 
@@ -245,7 +245,9 @@ def winograd_backward(dout, v, w, dw, dx):
     c = v.shape[2]
     th, tw = tile_grid(h, wd)
     scratch = thread_workspace()
-    dm = scratch.buffer("winograd.dM", (16, n * th * tw, f), v.dtype)
+    # dM takes the memory of forward's M (same shape; M died in the output transform):
+    # one buffer of the largest layer's tiles fewer in a training step.
+    dm = scratch.buffer("winograd.M", (16, n * th * tw, f), v.dtype)
     _output_grad_transform(dout, th, tw, dm)
     du = scratch.buffer("winograd.dU", (16, c, f), v.dtype)
     matmul_stack(v.transpose(0, 2, 1), dm, du)

@@ -65,7 +65,7 @@ def make_features(config: list, width=1.0, batch_norm=False, in_channels=3, rng=
             layers.append(Conv2D(c, out, kernel_size=k, padding=k // 2, rng=rng, dtype=dtype))
             if batch_norm:
                 layers.append(BatchNorm2D(out, dtype=dtype))
-            layers.append(ReLU())
+            layers.append(ReLU(inplace=True))
             c = out
     return Sequential(*layers)
 
@@ -75,7 +75,8 @@ def make_classifier(in_features: int, num_classes: int, sizes=(), dropout=0.5, r
     """Dense layers of the given hidden ``sizes`` (each with ReLU, Dropout), then the classes."""
     layers, d = [], in_features
     for size in sizes:
-        layers += [Dense(d, size, rng=rng, dtype=dtype), ReLU(), Dropout(dropout, rng=rng)]
+        layers += [Dense(d, size, rng=rng, dtype=dtype), ReLU(inplace=True),
+                   Dropout(dropout, rng=rng)]
         d = size
     layers.append(Dense(d, num_classes, rng=rng, dtype=dtype))
     return Sequential(*layers)
