@@ -225,6 +225,11 @@ def test_matmul_equals_reference(backend, dtype, shape, rng):
     out = to_dev(np.full((m, n), np.nan, dtype=dtype))
     assert mod.matmul(to_dev(a), to_dev(b), out=out) is out
     assert np.all(np.abs(to_host(out) - expected) <= bound)
+    bias = rng.standard_normal(n).astype(dtype)                # a layer's x @ W + b
+    for left in (a, np.ascontiguousarray(a.T).T):
+        got = to_host(mod.matmul(to_dev(left), to_dev(b), bias=to_dev(bias)))
+        assert np.all(np.abs(got - (expected + bias)) <= bound + np.finfo(dtype).eps
+                      * np.abs(expected + bias))
     if threads is not None:
         assert blas._openblas()[0]() == threads                 # BLAS threads restored
 
@@ -470,3 +475,9 @@ def test_bad_sizes_buffers_and_operands_are_refused(backend_name):
         k.relu_backward(x, x)
     with pytest.raises(TypeError, match="maxpool_backward: argmax must be an integer array"):
         k.maxpool_backward(dev(np.ones((1, 2, 2, 2))), dev(np.ones((1, 2, 2, 2))), x.shape)
+
+
+def test_matmul_refuses_a_bias_of_the_wrong_shape_naming_it():
+    a, b = np.ones((4, 3), np.float32), np.ones((3, 5), np.float32)
+    with pytest.raises(ValueError, match=r"matmul: expected bias of shape \(5,\)"):
+        kernels.matmul(a, b, bias=np.ones(4, np.float32))

@@ -73,11 +73,13 @@ def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
     return nchw(dx)
 
 
-def matmul(a, b, out=None):
-    """``a @ b`` of 2-D arrays (M, K) and (K, N), into ``out`` (M, N) if given.
+def matmul(a, b, out=None, bias=None):
+    """``a @ b`` of 2-D arrays (M, K) and (K, N), into ``out`` (M, N) if given; ``bias``
+    (N,), if given, is added to every row (a layer's ``x @ W + b`` in one call).
 
-    BLAS on the CPU (blas.py shares it out among threads with the Numba kernels), cuBLAS
-    on the GPU (float32 in TF32 only where ``set_tf32(True)`` allows it).
+    BLAS on the CPU (blas.py shares it out among threads with the Numba kernels, and each
+    thread adds the bias to the rows it has just computed), cuBLAS on the GPU (float32 in
+    TF32 only where ``set_tf32(True)`` allows it).
     """
     checks.floats("matmul", "a", a, ndim=2)
     checks.floats("matmul", "b", b, ndim=2)
@@ -89,11 +91,21 @@ def matmul(a, b, out=None):
     shape = (a.shape[0], b.shape[1])
     if out is not None:
         checks.out_buffer("matmul", out, shape, a.dtype, a)
+    if bias is not None:
+        checks.floats("matmul", "bias", bias, ndim=1)
+        checks.shape("matmul", "bias", bias, (shape[1],), "one value per column of a @ b")
+        checks.same_dtype("matmul", a=a, bias=bias)
+        checks.same_device("matmul", a=a, bias=bias)
     impl = implementation(a)
     if impl is reference:
-        return reference.matmul(a, b, out=out)
-    out = _empty(a, shape, a.dtype) if out is None else out
-    impl.matmul(a, b, out)
+        out = reference.matmul(a, b, out=out)
+    else:
+        out = _empty(a, shape, a.dtype) if out is None else out
+        if impl is not gpu:
+            return impl.matmul(a, b, out, bias)
+        impl.matmul(a, b, out)
+    if bias is not None:
+        out += bias
     return out
 
 

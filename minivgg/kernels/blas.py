@@ -81,11 +81,19 @@ class _OneThread:
 SMALL_GEMM = 1 << 20     # multiply-adds below which one thread does the whole product
 
 
-def _share(parts):
-    """Run np.matmul(*args) for every args in ``parts`` on the worker threads; wait for all."""
-    jobs = [_pool(len(parts)).submit(np.matmul, *args) for args in parts]
+def _share(parts, gemm=np.matmul):
+    """Run gemm(*args) for every args in ``parts`` on the worker threads; wait for all."""
+    jobs = [_pool(len(parts)).submit(gemm, *args) for args in parts]
     for job in jobs:
         job.result()
+
+
+def _gemm_bias(a, b, out, bias):
+    """out = a @ b, then bias added to each row while those rows are still in cache."""
+    np.matmul(a, b, out=out)
+    if bias is not None:
+        out += bias
+    return out
 
 
 def _blocks(n, workers):
@@ -94,8 +102,9 @@ def _blocks(n, workers):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def matmul_rows(a, b, out=None):
-    """``a @ b`` for 2-D a (M, K) and b (K, N); blocks of rows of a shared out among threads.
+def matmul_rows(a, b, out=None, bias=None):
+    """``a @ b`` (+ ``bias`` (N,) on every row) for 2-D a (M, K) and b (K, N); blocks of
+    rows of a shared out among threads, each adding the bias to its own rows.
 
     A short, wide ``a`` (M < K: a weight gradient dY.T @ cols, whose K is every output
     position of the batch) is split along K instead: each thread multiplies its slice of
@@ -108,15 +117,17 @@ def matmul_rows(a, b, out=None):
         m, k = a.shape
         workers = min(threads or 1, max(m, k))
         if workers < 2 or m * k * b.shape[1] < SMALL_GEMM:
-            return np.matmul(a, b, out=out)
+            return _gemm_bias(a, b, out, bias)
         if m < k:
             partials = [out] + [np.empty_like(out) for _ in range(workers - 1)]
             _share([(a[:, i:j], b[i:j], part)
                     for (i, j), part in zip(_blocks(k, workers), partials)])
             for part in partials[1:]:
                 out += part
+            if bias is not None:
+                out += bias
             return out
-        _share([(a[i:j], b, out[i:j]) for i, j in _blocks(m, workers)])
+        _share([(a[i:j], b, out[i:j], bias) for i, j in _blocks(m, workers)], _gemm_bias)
     return out
 
 

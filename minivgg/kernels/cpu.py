@@ -286,6 +286,6 @@ def batchnorm_dx_rows(dout, xhat, a, b, c_, dx):
             dx[i, ch] = a[ch] * dout[i, ch] + b[ch] + c_[ch] * xhat[i, ch]
 
 
-def matmul(a, b, out):
-    """out = a @ b with one-thread BLAS GEMMs on blocks of rows (blas.py says why)."""
-    return matmul_rows(a, b, out)
+def matmul(a, b, out, bias=None):
+    """out = a @ b (+ bias) with one-thread BLAS GEMMs on blocks of rows (blas.py says why)."""
+    return matmul_rows(a, b, out, bias)

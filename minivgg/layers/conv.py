@@ -190,20 +190,20 @@ class Conv2D(Layer):
         k, s, p, f = self.kernel_size, self.stride, self.padding, self.out_channels
         _, oh, ow = self.output_shape(x.shape[1:])
         wm = self.weight.data.reshape(f, -1).T
+        bias = None if self.bias is None else self.bias.data       # added to every row
         chunk = self.images_per_chunk(x)
         if chunk >= n:
             cols = kernels.im2col(x, k, k, s, p,
                                   out=self._buffer("cols", (n * oh * ow, c * k * k), x))
-            y = kernels.matmul(cols, wm)                                 # (N*OH*OW, F)
+            y = kernels.matmul(cols, wm, bias=bias)                      # (N*OH*OW, F)
             cache = ("im2col", cols)
         else:
             y = get_array_module(x).empty((n * oh * ow, f), dtype=x.dtype)
             for start, part in self._chunks(x, chunk):
                 cols = self._chunk_columns(part)
-                kernels.matmul(cols, wm, out=y[start * oh * ow:(start + len(part)) * oh * ow])
+                kernels.matmul(cols, wm, bias=bias,
+                               out=y[start * oh * ow:(start + len(part)) * oh * ow])
             cache = ("im2col-chunked", x)
-        if self.bias is not None:
-            y += self.bias.data
         y = y.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)   # a view: the next layer reads it
         return y, _Cache(*cache, tuple(x.shape), tuple(y.shape))
 

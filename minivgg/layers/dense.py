@@ -45,9 +45,8 @@ class Dense(Layer):
             self._fail(f"expected {self.in_features} input features, got input of shape "
                        f"{tuple(x.shape)} with {x.shape[1]}")
         self._check_dtype(x, self.weight.data)
-        y = kernels.matmul(x, self.weight.data)
-        if self.bias is not None:
-            y += self.bias.data
+        y = kernels.matmul(x, self.weight.data,
+                           bias=None if self.bias is None else self.bias.data)
         self._keep(x)
         return y
 
