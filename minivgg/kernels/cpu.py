@@ -22,6 +22,8 @@ Design rules, each for a reason found on the benchmark (benchmarks/results/):
   bit-for-bit the reference's.
 - No fastmath: it would let LLVM reorder sums and change results.
 - The GEMMs stay in NumPy (OpenBLAS, shared out among threads by blas.py).
+- Freed arrays stay in the process (allocator.py): a step's fresh arrays would otherwise
+  fault in their pages again every step.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ import numpy as np
 from numba import njit, prange
 
 from minivgg.backend import configure_numba_threads
+from minivgg.kernels.allocator import keep_freed_memory
 from minivgg.kernels.blas import matmul_rows
 
 configure_numba_threads()  # before the first parallel kernel runs
+keep_freed_memory()        # each step's arrays reuse the last step's pages (allocator.py)
 
 __all__ = ["im2col_nhwc", "col2im_nhwc", "maxpool_forward_nhwc", "maxpool_backward_nhwc",
            "relu_forward_flat", "relu_backward_flat", "matmul", "MAX_POOL_WINDOW",
