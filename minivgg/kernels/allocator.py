@@ -41,7 +41,8 @@ def _glibc():
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version
+        if not hasattr(libc, "gnu_get_libc_version"):     # musl has mallopt as a no-op
+            return None
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.mallopt.restype = ctypes.c_int
     except (OSError, AttributeError):
