@@ -14,10 +14,10 @@ outputs freshly mapped against 0.6 ms in reused memory; a default training step 
 to 32 MB -- the largest threshold glibc accepts -- come from the heap, and the heap keeps
 up to 1 GB of free space instead of trimming it. The cost: the process holds on to memory
 it has freed, up to its peak, instead of returning it (peak memory, what the benchmarks
-report, moves little: VGG-11-CIFAR training at batch 128 680 -> 684 MB, VGG-16 inference at
-224x224 batch 8 1108 -> 1140 MB). Elsewhere (macOS, Windows, musl) it does nothing. Set
-``MINIVGG_KEEP_MEMORY=0`` to leave the allocator alone. The Numba backend calls it when
-its kernels are imported (cpu.py).
+report, moves little: VGG-11-CIFAR training at batch 128 679 -> 683 MB, VGG-16 inference
+at 224x224 batch 8 1108 -> 1137 MB; benchmarks/results/amd-epyc-2core-2026-12-03.md).
+Elsewhere (macOS, Windows, musl) it does nothing. Set ``MINIVGG_KEEP_MEMORY=0`` to leave
+the allocator alone. The Numba backend calls it when its kernels are imported (cpu.py).
 """
 
 from __future__ import annotations
