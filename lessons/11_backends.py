@@ -170,8 +170,10 @@ for label in labels[1:]:
           f"dW {errs[2]:.1e}" + ("  (identical)" if max(errs) == 0 else "  (rounding)"))
 say("""
     Conv2D(algorithm="auto") lets the dispatcher choose: the im2col + GEMM of lessons 02-04
-    everywhere, or Winograd's F(2x2, 3x3) (16 multiplications per 2 x 2 output tile
-    instead of 36) where the package measured it faster (kernels.winograd_preferred).
+    everywhere, or Winograd where the package measured it faster
+    (kernels.winograd_preferred): F(4x4, 3x3) on maps of 3x3 and larger (36
+    multiplications per 4 x 4 output tile instead of 144), F(2x2, 3x3) on 2x2 maps (16
+    per 2 x 2 tile instead of 36).
     The results agree: im2col bit for bit across backends, Winograd to float32 rounding.
 """)
 

@@ -50,7 +50,7 @@ SHAPES = ds.name == "shapes" and not FAST   # the offline fallback, normal mode
 BATCH_NORM = SHAPES
 epochs_d = epochs                            # the two D's (twice A's time per step)
 if SHAPES:
-    epochs, epochs_d = epochs_for(ds, epochs, 6), 1      # within the minute
+    epochs, epochs_d = epochs_for(ds, epochs, 8), 1      # within the minute
     print(f"   (shapes fallback: all five networks get batch norm, the three A's {epochs} "
           f"epochs, the two D's {epochs_d} -- without batch norm they all stay at chance; "
           "each comparison still differs only in what it is about)")

@@ -33,7 +33,7 @@ import numpy as np
 
 from minivgg import kernels
 from minivgg.backend import get_cpu_kernels
-from minivgg.kernels.winograd import tile_grid
+from minivgg.kernels.winograd import tile_size, tile_values
 from minivgg.layers import Conv2D, LocalResponseNorm
 
 HEADROOM = 0.8                  # of the device's memory: the rest for the allocator's slack
@@ -66,12 +66,12 @@ def inference_bytes(model, input_shape, batch: int, device: str = "cpu") -> int:
             c, h, w = shape
             probe = np.empty((0, c, h, w), dtype=dtype)
             if device == "cpu" and layer.uses_winograd(probe):
-                th, tw = tile_grid(h, w)
-                f = layer.out_channels
-                chunk = kernels.images_per_chunk(batch, 16 * th * tw * (c + f) * size)
-                tiles_in = max(tiles_in, 16 * th * tw * c * chunk * size)
-                tiles_out = max(tiles_out, 16 * th * tw * f * chunk * size)
-                filters = max(filters, 16 * c * f * size)
+                m = tile_size(h, w)
+                values, f = tile_values(h, w, m), layer.out_channels
+                chunk = kernels.images_per_chunk(batch, values * (c + f) * size)
+                tiles_in = max(tiles_in, values * c * chunk * size)
+                tiles_out = max(tiles_out, values * f * chunk * size)
+                filters = max(filters, (m + 2) ** 2 * c * f * size)
             else:
                 one = out[1] * out[2] * c * layer.kernel_size ** 2 * size
                 columns = max(columns, one * kernels.images_per_chunk(batch, one))

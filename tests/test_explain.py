@@ -218,7 +218,7 @@ def trained():
     model = vgg([8, "M", 16, "M", 32, "M"], 10, 32, head="cifar", seed=0)
     optimizer = Adam(model.parameters(), lr=0.003)
     x, y = normalize(ds.train_images), ds.train_labels
-    for _ in range(4):
+    for _ in range(6):        # ~28% test accuracy (4 epochs: 15-18%, too near chance)
         for i in range(0, len(x), 32):
             train_step(model, optimizer, x[i:i + 32], y[i:i + 32])
     return model.eval(), normalize(ds.test_images), ds.test_labels

@@ -1,10 +1,13 @@
-"""Winograd F(2x2, 3x3) convolution against im2col, finite differences and itself.
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution against im2col, finite differences
+and itself.
 
-Float32 tolerance: every Winograd transform is a short sum with coefficients 0, +-1/2, +-1
+Float32 tolerance: every F(2x2) transform is a short sum with coefficients 0, +-1/2, +-1
 (exact in binary), so beyond im2col's own rounding it adds a few roundings of partial sums
 of magnitude up to ~4x the inputs (input transform) and ~9x (output transform). Relative
 to the largest output that is a few ulps (eps32 = 1.2e-7): we allow 2e-6 = ~17 ulps, and
-measure ~1e-7 - 3e-7 in practice.
+measure ~1e-7 - 3e-7 in practice. F(4x4)'s coefficients reach 5 and 8 in Bᵀ and Aᵀ, so
+its partial sums grow to ~100x the inputs before they cancel: we allow 2e-5 (~170 ulps)
+and measure ~4e-7 - 3e-6.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from minivgg.kernels.reference import conv2d_naive
 from minivgg.layers import Conv2D
 
 F32_TOL = 2e-6
+F32_TOL_F4 = 2e-5
 SHAPES = [(2, 3, 5, 5, 4), (1, 2, 7, 6, 3), (2, 4, 1, 1, 2), (1, 3, 2, 2, 5), (2, 5, 8, 8, 6),
-          (1, 16, 4, 3, 8)]
+          (1, 16, 4, 3, 8), (2, 3, 9, 13, 4)]
 
 
 @pytest.fixture(autouse=True)
@@ -52,15 +56,18 @@ def conv_grads_reference(x, w, dout):
 
 
 @pytest.mark.parametrize("cpu_kernels", ["numpy", "numba"])
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, F32_TOL)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_matches_im2col(rng, cpu_kernels, dtype, tol, shape):
+def test_matches_im2col(rng, cpu_kernels, dtype, tile, shape):
     mv.set_cpu_kernels(cpu_kernels)               # winograd.py or winograd_cpu.py computes
+    tol = 1e-12 if dtype == np.float64 else F32_TOL if tile == 2 else F32_TOL_F4
     n, c, h, w, f = shape
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((f, c, 3, 3)).astype(dtype)
     b = rng.standard_normal(f).astype(dtype)
-    y, v = kernels.winograd_conv_forward(x, wt, b)
+    y, v = kernels.winograd_conv_forward(x, wt, b, tile=tile)
+    assert v.shape[0] == (tile + 2) ** 2
     x64, w64 = x.astype(np.float64), wt.astype(np.float64)
     assert y.dtype == dtype and v.dtype == dtype
     assert rel(y, conv2d_naive(x64, w64, b.astype(np.float64), 1, 1)) < tol
@@ -74,27 +81,47 @@ def test_matches_im2col(rng, cpu_kernels, dtype, tol, shape):
     assert none is None and np.array_equal(dw, dw2)
 
 
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_input_gradient_is_a_convolution_with_rotated_filters(rng, shape):
+def test_input_gradient_is_a_convolution_with_rotated_filters(rng, tile, shape):
     """dx = conv(dout, w rotated 180 degrees, in/out channels swapped), by the same routine."""
     n, c, h, w, f = shape
     x, wt = rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, 3, 3))
-    y, v = winograd.winograd_conv_forward(x, wt)
+    y, v = winograd.winograd_conv_forward(x, wt, tile=tile)
     dout = rng.standard_normal(y.shape)
     dx, _ = winograd.winograd_conv_backward(dout, v, wt, x.shape)
     rotated = np.ascontiguousarray(wt[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    assert rel(dx, winograd.winograd_conv_forward(dout, rotated)[0]) < 1e-12
+    assert rel(dx, winograd.winograd_conv_forward(dout, rotated, tile=tile)[0]) < 1e-12
 
 
+def test_the_tile_size_follows_the_transformed_values():
+    """F(4x4) where its 6x6 tiles hold fewer values than F(2x2)'s 4x4 tiles, else F(2x2)."""
+    assert [winograd.tile_size(s, s) for s in range(1, 10)] == [2, 2, 4, 4, 2, 2, 4, 4, 4]
+    assert winograd.tile_size(32, 32) == 4 and winograd.tile_size(2, 32) == 2
+    assert winograd.tile_values(8, 8, 4) == 4 * 36 and winograd.tile_values(8, 8, 2) == 16 * 16
+    for m in (2, 4):                  # the matrices make a correlation, in one dimension
+        bt, g, at = winograd.TRANSFORMS[m]
+        d, taps = rng_values(m + 2), rng_values(3)
+        np.testing.assert_allclose(at @ ((g @ taps) * (bt @ d)),
+                                   [d[i:i + 3] @ taps for i in range(m)], rtol=1e-13)
+
+
+def rng_values(n):
+    return np.random.default_rng(n).standard_normal(n)
+
+
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_numba_agrees_with_numpy(rng, dtype):
+def test_numba_agrees_with_numpy(rng, dtype, tile):
     mv.set_cpu_kernels("numba")
     x = rng.standard_normal((3, 8, 9, 10)).astype(dtype)
     wt = rng.standard_normal((6, 8, 3, 3)).astype(dtype)
-    y, v = winograd.winograd_conv_forward(x, wt)
-    y2, v2 = kernels.winograd_conv_forward(x, wt, out=np.empty_like(v))
-    np.testing.assert_array_equal(v, v2)        # the input transform: same sums, same order
-    tol = 1e-13 if dtype == np.float64 else 1e-6
+    y, v = winograd.winograd_conv_forward(x, wt, tile=tile)
+    y2, v2 = kernels.winograd_conv_forward(x, wt, out=np.empty_like(v), tile=tile)
+    if tile == 2:
+        np.testing.assert_array_equal(v, v2)    # the input transform: same sums, same order
+    tol = 1e-13 if dtype == np.float64 else 1e-6 if tile == 2 else 1e-5
+    assert rel(v2, v) < tol
     assert rel(y2, y) < tol
     dout = rng.standard_normal(y.shape).astype(dtype)
     for a, b in zip(kernels.winograd_conv_backward(dout, v2, wt, x.shape),
@@ -103,7 +130,7 @@ def test_numba_agrees_with_numpy(rng, dtype):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-@pytest.mark.parametrize("hw", [(5, 5), (7, 7), (1, 1), (2, 2), (6, 3)])
+@pytest.mark.parametrize("hw", [(5, 5), (7, 7), (1, 1), (2, 2), (6, 3), (9, 10)])
 def test_conv2d_winograd_gradients(rng, backend, hw):
     mv.set_backend(backend)
     layer = Conv2D(3, 4, rng=rng, algorithm="winograd").astype(np.float64)
@@ -116,14 +143,16 @@ def test_conv2d_algorithms_agree_in_a_layer(rng):
     mv.set_backend("numba")
     a = Conv2D(8, 16, rng=np.random.default_rng(0), algorithm="im2col")
     b = Conv2D(8, 16, rng=np.random.default_rng(0), algorithm="winograd")
-    x = rng.standard_normal((4, 8, 6, 6)).astype(np.float32)
-    for _ in range(2):                             # the second pass reuses the buffers
-        ya, yb = a.forward(x), b.forward(x)
-        assert rel(yb, ya) < F32_TOL
-        dout = rng.standard_normal(ya.shape).astype(np.float32)
-        assert rel(b.backward(dout), a.backward(dout)) < F32_TOL
-        assert rel(b.weight.grad, a.weight.grad) < F32_TOL
-        assert rel(b.bias.grad, a.bias.grad) < F32_TOL
+    for hw, tol in ((6, F32_TOL), (8, F32_TOL_F4)):   # F(2x2) on 6x6 maps, F(4x4) on 8x8
+        x = rng.standard_normal((4, 8, hw, hw)).astype(np.float32)
+        for _ in range(2):                         # the second pass reuses the buffers
+            ya, yb = a.forward(x), b.forward(x)
+            assert b.cache.buffer.shape[0] == (winograd.tile_size(hw, hw) + 2) ** 2
+            assert rel(yb, ya) < tol
+            dout = rng.standard_normal(ya.shape).astype(np.float32)
+            assert rel(b.backward(dout), a.backward(dout)) < tol
+            assert rel(b.weight.grad, a.weight.grad) < tol
+            assert rel(b.bias.grad, a.bias.grad) < tol
     b.input_grad = False
     b.forward(x)
     assert b.backward(dout) is None
@@ -175,6 +204,12 @@ def test_auto_and_errors(rng):
         with pytest.raises(ValueError, match="winograd_conv_forward: out must be"):
             kernels.winograd_conv_forward(x, np.zeros((3, 16, 3, 3), np.float32),
                                           out=np.empty((16, 4, 3), np.float32))
+        with pytest.raises(ValueError, match="winograd_conv_forward: tile must be 2 .* got 3"):
+            kernels.winograd_conv_forward(x, np.zeros((3, 16, 3, 3), np.float32), tile=3)
+        y, v = kernels.winograd_conv_forward(x, np.zeros((3, 16, 3, 3), np.float32))
+        with pytest.raises(ValueError, match=r"expected v of shape \(36, 1, 16\).*\(25, 1, 16\)"):
+            kernels.winograd_conv_backward(y, v[:25], np.zeros((3, 16, 3, 3), np.float32),
+                                           x.shape)
 
 
 def test_cupy_arrays_are_refused_with_a_clear_message():

@@ -23,7 +23,7 @@ from minivgg.backend import get_array_module
 from minivgg.kernels import checks, gpu, reference, winograd
 from minivgg.kernels.dispatch import implementation, winograd_implementation
 from minivgg.kernels.layout import as_nhwc, in_order, memory_order, nchw
-from minivgg.kernels.winograd import tile_grid
+from minivgg.kernels.winograd import tile_grid, tile_side, tile_size
 
 
 def _empty(like, shape, dtype):
@@ -220,7 +220,7 @@ def relu_backward(dout, mask):
     return restore(dx)
 
 
-# -- Winograd F(2x2, 3x3): NumPy arrays only (winograd.py has the math) -----------------------
+# -- Winograd F(2x2, 3x3) and F(4x4, 3x3): NumPy arrays only (winograd.py has the math) -------
 
 def _winograd_filters(who, w, c):
     checks.floats(who, "w", w, ndim=4)
@@ -228,11 +228,13 @@ def _winograd_filters(who, w, c):
     return w.shape[0]
 
 
-def winograd_conv_forward(x, w, bias=None, out=None):
+def winograd_conv_forward(x, w, bias=None, out=None, tile=None):
     """3x3, stride-1, padding-1 convolution of ``x`` (N, C, H, W) with ``w`` (F, C, 3, 3).
 
-    Returns ``(y, V)``: y (N, F, H, W), and the transformed input tiles V (16, T, C),
-    T = N * ceil(H/2) * ceil(W/2), that backward needs (written into ``out`` if given).
+    Returns ``(y, V)``: y (N, F, H, W), and the transformed input tiles V ((m+2)², T, C),
+    T = N * ceil(H/m) * ceil(W/m), that backward needs (written into ``out`` if given).
+    ``tile``: the output tile side m: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3); by default
+    ``winograd.tile_size(H, W)`` (4 for maps of 3x3 and larger).
     """
     who = "winograd_conv_forward"
     impl = winograd_implementation(x)
@@ -246,12 +248,17 @@ def winograd_conv_forward(x, w, bias=None, out=None):
         arrays["bias"] = bias
     checks.same_dtype(who, **arrays)
     checks.same_device(who, **arrays)
-    th, tw = tile_grid(h, wd)
-    tiles = (16, n * th * tw, c)
+    if tile is None:
+        tile = tile_size(h, wd)
+    elif tile not in (2, 4):
+        raise ValueError(f"{who}: tile must be 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)), got "
+                         f"{tile!r}")
+    th, tw = tile_grid(h, wd, tile)
+    tiles = ((tile + 2) ** 2, n * th * tw, c)
     if out is not None:
         checks.out_buffer(who, out, tiles, x.dtype, x)
     if impl is winograd:
-        return winograd.winograd_conv_forward(x, w, bias, out=out)
+        return winograd.winograd_conv_forward(x, w, bias, out=out, tile=tile)
     v = np.empty(tiles, dtype=x.dtype) if out is None else out
     y = np.empty((n, h, wd, f), dtype=x.dtype)
     b = np.zeros(f, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
@@ -271,10 +278,11 @@ def winograd_conv_backward(dout, v, w, x_shape, input_grad=True):
     checks.floats(who, "v", v, ndim=3)
     n, c, h, wd = checks.image_shape(who, x_shape)
     f = _winograd_filters(who, w, c)
-    th, tw = tile_grid(h, wd)
     checks.shape(who, "dout", dout, (n, f, h, wd),
                  f"the output for x_shape {(n, c, h, wd)} and {f} filters")
-    checks.shape(who, "v", v, (16, n * th * tw, c),
+    m = tile_side(v) if v.shape[0] in (16, 36) else tile_size(h, wd)
+    th, tw = tile_grid(h, wd, m)
+    checks.shape(who, "v", v, ((m + 2) ** 2, n * th * tw, c),
                  f"the tiles winograd_conv_forward gives for x_shape {(n, c, h, wd)}")
     checks.same_dtype(who, dout=dout, v=v, w=w)
     checks.same_device(who, dout=dout, v=v, w=w)

@@ -1,12 +1,13 @@
-"""Winograd F(2x2, 3x3) convolution on the CPU: the transforms in Numba, the GEMMs in BLAS.
+"""Winograd convolution on the CPU: the transforms in Numba, the GEMMs in BLAS.
 
 The same computation, and the same results (to rounding), as winograd.py, whose docstring
 has the math. As in cpu.py, these are the loops only: api.py checks the arguments and
 allocates what is returned (y, V, dx, dw); ``winograd_forward`` and ``winograd_backward``
-run the stages on arrays they trust. The five transforms are compiled loops over
-C-contiguous NHWC memory (layout.py); the 16 matrix products in between are BLAS GEMMs on
-(16, T, .) stacks, shared out among threads as whole GEMMs (blas.py: faster on a busy
-machine than 16 multi-threaded GEMMs).
+run the stages on arrays they trust, for the tile size V's shape tells: F(2x2, 3x3), whose
+transforms are below, or F(4x4, 3x3), whose transforms are in winograd4_cpu.py. The
+transforms are compiled loops over C-contiguous NHWC memory (layout.py); the 16 (or 36)
+matrix products in between are BLAS GEMMs on (16, T, .) stacks, shared out among threads
+as whole GEMMs (blas.py: faster on a busy machine than 16 multi-threaded GEMMs).
 
 - Tiles are numbered row = (n, ty, tx); the innermost loop of every transform runs over
   channels, which are contiguous in NHWC images and in the (16, T, C) tile stacks alike.
@@ -22,12 +23,15 @@ machine than 16 multi-threaded GEMMs).
 
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
+
 import numpy as np
 from numba import njit, prange
 
 from minivgg.backend import configure_numba_threads
 from minivgg.kernels.blas import matmul_stack
-from minivgg.kernels.winograd import tile_grid
+from minivgg.kernels.winograd import tile_grid, tile_side
 from minivgg.kernels.workspace import thread_workspace
 
 configure_numba_threads()
@@ -217,43 +221,66 @@ def _input_grad_gather(dv, th, tw, bmat, dx):
 
 # -- the two passes: arguments checked and results allocated by api.py ---------------------
 
-def _filters(w):
-    """U (16, C, F) = G g Gᵀ of every filter, in the thread's workspace."""
+def _gather_f2(dv, th, tw, dx):
+    _input_grad_gather(dv, th, tw, _B.astype(dv.dtype), dx)
+
+
+@functools.cache
+def _stages(m):
+    """The transforms for output tiles of side m: F(2x2, 3x3) above, F(4x4, 3x3) in
+    winograd4_cpu.py; each module's functions take the same arguments."""
+    if m == 2:
+        return SimpleNamespace(input=_input_transform, filters=_filter_transform,
+                               output=_output_transform, output_grad=_output_grad_transform,
+                               filter_grad=_filter_grad_transform, input_grad=_gather_f2)
+    from minivgg.kernels import winograd4_cpu as f4
+    return SimpleNamespace(input=f4.input_transform, filters=f4.filter_transform,
+                           output=f4.output_transform, output_grad=f4.output_grad_transform,
+                           filter_grad=f4.filter_grad_transform, input_grad=f4.input_grad)
+
+
+def _filters(w, m, stages):
+    """U ((m+2)², C, F) = G g Gᵀ of every filter, in the thread's workspace."""
     f, c = w.shape[:2]
-    u = thread_workspace().buffer("winograd.U", (16, c, f), w.dtype)
-    _filter_transform(w, u)
+    u = thread_workspace().buffer("winograd.U", ((m + 2) ** 2, c, f), w.dtype)
+    stages.filters(w, u)
     return u
 
 
 def winograd_forward(x, w, bias, v, y):
-    """y (N, H, W, F) = conv(x, w) + bias, and V (16, T, C) the input tiles backward needs.
+    """y (N, H, W, F) = conv(x, w) + bias, and V ((m+2)², T, C) the input tiles backward
+    needs; V's shape tells the tile side m (api.py allocated it for ``tile_size``).
 
     x (N, H, W, C) and w (F, C, 3, 3) C-contiguous; bias (F,); v and y written in full.
     """
     n, h, wd, _ = x.shape
     f = w.shape[0]
-    th, tw = tile_grid(h, wd)
-    _input_transform(x, th, tw, v)
-    m = thread_workspace().buffer("winograd.M", (16, n * th * tw, f), x.dtype)
-    matmul_stack(v, _filters(w), m)
-    _output_transform(m, bias, th, tw, y)
+    m = tile_side(v)
+    stages = _stages(m)
+    th, tw = tile_grid(h, wd, m)
+    stages.input(x, th, tw, v)
+    mm = thread_workspace().buffer("winograd.M", (v.shape[0], n * th * tw, f), x.dtype)
+    matmul_stack(v, _filters(w, m, stages), mm)
+    stages.output(mm, bias, th, tw, y)
 
 
 def winograd_backward(dout, v, w, dw, dx):
     """dw (F, C, 3, 3) and, unless ``dx`` is None, dx (N, H, W, C), from dout (N, H, W, F)."""
     n, h, wd, f = dout.shape
     c = v.shape[2]
-    th, tw = tile_grid(h, wd)
+    m = tile_side(v)
+    stages = _stages(m)
+    th, tw = tile_grid(h, wd, m)
     scratch = thread_workspace()
     # dM takes the memory of forward's M (same shape; M died in the output transform):
     # one buffer of the largest layer's tiles fewer in a training step.
-    dm = scratch.buffer("winograd.M", (16, n * th * tw, f), v.dtype)
-    _output_grad_transform(dout, th, tw, dm)
-    du = scratch.buffer("winograd.dU", (16, c, f), v.dtype)
+    dm = scratch.buffer("winograd.M", (v.shape[0], n * th * tw, f), v.dtype)
+    stages.output_grad(dout, th, tw, dm)
+    du = scratch.buffer("winograd.dU", (v.shape[0], c, f), v.dtype)
     matmul_stack(v.transpose(0, 2, 1), dm, du)
-    _filter_grad_transform(du, dw)
+    stages.filter_grad(du, dw)
     if dx is None:
         return
-    dv = scratch.buffer("winograd.dV", (16, n * th * tw, c), v.dtype)
-    matmul_stack(dm, _filters(w).transpose(0, 2, 1), dv)
-    _input_grad_gather(dv, th, tw, _B.astype(v.dtype), dx)
+    dv = scratch.buffer("winograd.dV", (v.shape[0], n * th * tw, c), v.dtype)
+    matmul_stack(dm, _filters(w, m, stages).transpose(0, 2, 1), dv)
+    stages.input_grad(dv, th, tw, dx)

@@ -9,7 +9,7 @@ import numpy as np
 from minivgg import kernels
 from minivgg.backend import get_array_module
 from minivgg.kernels.winograd import applies as winograd_applies
-from minivgg.kernels.winograd import tile_grid
+from minivgg.kernels.winograd import tile_grid, tile_size, tile_values
 from minivgg.layers.base import Layer, Parameter, he_normal
 from minivgg.modes import grad_enabled
 
@@ -20,7 +20,7 @@ class _Cache(NamedTuple):
     """What backward needs: the algorithm, its buffer (cols or tiles), both shapes."""
 
     algorithm: str
-    buffer: object          # im2col's cols (N*OH*OW, C*k*k), or Winograd's tiles V (16, T, C)
+    buffer: object          # im2col's cols (N*OH*OW, C*k*k), or Winograd's tiles V (a², T, C)
     x_shape: tuple
     y_shape: tuple          # the gradient backward accepts has this shape
 
@@ -72,9 +72,10 @@ class Conv2D(Layer):
     does the same in inference (under ``no_grad``: its tiles and output tiles per chunk);
     in training, a batch whose tiles exceed the budget is convolved by chunked im2col.
 
-    ``algorithm``: "im2col" (the above, for every convolution), "winograd" (F(2x2, 3x3),
-    kernels/winograd.py: 2.25x fewer multiplications, for 3x3 stride-1 padding-1 only; NumPy
-    arrays only), or "auto" (the default: Winograd where it applies with the Numba kernels
+    ``algorithm``: "im2col" (the above, for every convolution), "winograd" (kernels/
+    winograd.py: F(4x4, 3x3) with 4x fewer multiplications on maps of 3x3 and larger,
+    F(2x2, 3x3) with 2.25x fewer on 2x2 maps; 3x3 stride-1 padding-1 only; NumPy arrays
+    only), or "auto" (the default: Winograd where it applies with the Numba kernels
     and >= 16 input channels, where it is faster on the benchmark; im2col elsewhere). Both
     agree to rounding; Winograd keeps its transformed input tiles instead of ``cols``.
     """
@@ -118,7 +119,7 @@ class Conv2D(Layer):
         return int(padding)
 
     def uses_winograd(self, x) -> bool:
-        """Whether forward(x) runs Winograd F(2x2, 3x3) rather than im2col.
+        """Whether forward(x) runs Winograd (F(4x4, 3x3) or F(2x2, 3x3)) rather than im2col.
 
         Not in training when the batch's tiles would exceed the column budget: backward
         needs all of them, so such a batch takes chunked im2col, whose memory is bounded.
@@ -132,9 +133,10 @@ class Conv2D(Layer):
         return self.algorithm == "winograd" or kernels.winograd_preferred(x)
 
     def _winograd_bytes_per_image(self, x) -> int:
-        """Winograd's input and output tiles (V and M, 16 per 2x2 tile) for one image."""
-        th, tw = tile_grid(*x.shape[2:])
-        return 16 * th * tw * (x.shape[1] + self.out_channels) * x.dtype.itemsize
+        """Winograd's input and output tiles (V and M) for one image."""
+        h, w = x.shape[2:]
+        values = tile_values(h, w, tile_size(h, w))
+        return values * (x.shape[1] + self.out_channels) * x.dtype.itemsize
 
     def output_shape(self, input_shape):
         """(C, H, W) -> (F, OH, OW), with the floor rule."""
@@ -225,21 +227,22 @@ class Conv2D(Layer):
     def _forward_winograd(self, x):
         """y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A for every tile (kernels/winograd.py)."""
         n, c, h, w = x.shape
-        th, tw = tile_grid(h, w)
+        m = tile_size(h, w)                     # F(4x4, 3x3) on most maps, else F(2x2, 3x3)
+        th, tw = tile_grid(h, w, m)
         bias = None if self.bias is None else self.bias.data
         per_image = self._winograd_bytes_per_image(x)
         chunk = n if grad_enabled() else kernels.images_per_chunk(n, per_image, inference=True)
         if chunk >= n:
-            tiles = self._buffer("tiles", (16, n * th * tw, c), x)
-            y, v = kernels.winograd_conv_forward(x, self.weight.data, bias, out=tiles)
+            tiles = self._buffer("tiles", ((m + 2) ** 2, n * th * tw, c), x)
+            y, v = kernels.winograd_conv_forward(x, self.weight.data, bias, out=tiles, tile=m)
             return y, _Cache("winograd", v, tuple(x.shape), tuple(y.shape))
         # Inference keeps no tiles for backward, so a batch whose input and output tiles
         # exceed the column budget is transformed a chunk of images at a time.
         y = np.empty((n, h, w, self.out_channels), dtype=x.dtype).transpose(0, 3, 1, 2)
         for start, part in self._chunks(x, chunk):
-            tiles = self._buffer("tiles", (16, len(part) * th * tw, c), x)
+            tiles = self._buffer("tiles", ((m + 2) ** 2, len(part) * th * tw, c), x)
             y[start:start + len(part)], _ = kernels.winograd_conv_forward(
-                part, self.weight.data, bias, out=tiles)
+                part, self.weight.data, bias, out=tiles, tile=m)
         return y, None
 
     # -- backward --------------------------------------------------------------------------
