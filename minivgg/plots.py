@@ -9,31 +9,53 @@
 
 from __future__ import annotations
 
+import functools
+import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import RendererAgg
+from matplotlib.figure import Figure  # without pyplot: no backend, no global state
+from matplotlib.font_manager import FontProperties
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from minivgg.backend import asnumpy, to_device
+from minivgg.files import atomic_write_bytes
+from minivgg.layers import Conv2D, MaxPool2D
+from minivgg.modes import no_grad
 
-from minivgg.backend import asnumpy, to_device  # noqa: E402
-from minivgg.layers import Conv2D, MaxPool2D  # noqa: E402
-from minivgg.modes import no_grad  # noqa: E402
+# Every figure is laid out by hand, in inches (the margins of curves and confusion from the
+# measured sizes of their texts), and so drawn once: bbox_inches="tight" would draw it a
+# second time to find where to crop.
+DPI = 110                     # pixels per inch of every PNG
+PAD = 0.1                     # white margin around what is drawn
+TICK = 7 / 72                 # a tick mark (3.5 points) and the gap to its label (3.5 points)
+LABEL_GAP, TITLE_GAP = 4 / 72, 6 / 72    # matplotlib's axes.labelpad and axes.titlepad
+_MEASURE = RendererAgg(1, 1, DPI)        # draws nothing: measures texts as the PNG has them
 
 
-def _save(fig, path, tight: bool = True) -> Path:
-    """Save via a temporary file and rename, like every other file of a run.
+@functools.cache
+def _text_size(text: str, size="medium") -> tuple[float, float]:
+    """Width and height in inches of ``text`` in one line at font ``size`` (points, or a
+    name such as "large"), measured as matplotlib lays it out (a line at least as tall as
+    "lp": an ascender and a descender); measured once per text and size."""
+    font = FontProperties(size=size)
+    w, h, _ = _MEASURE.get_text_width_height_descent(text, font, ismath=False)
+    _, line, _ = _MEASURE.get_text_width_height_descent("lp", font, ismath=False)
+    return w / DPI, max(h, line) / DPI
 
-    ``tight``: crop the margins to what is drawn (which draws the figure twice); figures
-    laid out by hand (a single mosaic) pass False.
-    """
-    import io
 
-    from minivgg.files import atomic_write_bytes
+def _line(size="medium") -> float:
+    """The height in inches of a line of text at font ``size``."""
+    return _text_size("", size)[1]
+
+
+def _save(fig, path) -> Path:
+    """Render the PNG in memory, then write it via a temporary file and a rename, like every
+    other file of a run (zlib level 3: lossless, half the time of the default 6, a file about
+    10% larger)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight" if tight else None)
-    plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
 
@@ -49,25 +71,41 @@ def _as_picture(img: np.ndarray) -> np.ndarray:
 def mosaic(pictures, cols: int, gap: int = 2, below: int = 0) -> np.ndarray:
     """Pictures (each (h, w, 3) or (h, w) in [0, 1], all one size) in a grid of ``cols``
     columns, ``gap`` white pixels apart and ``below`` more white pixels under each row (room
-    for labels): one (H, W, 3) image, drawn with a single imshow (a figure of one picture
-    renders several times faster than one axes per picture)."""
+    for labels): one (H, W, 4) opaque RGBA image, drawn with a single imshow (a figure of
+    one picture renders several times faster than one axes per picture, and matplotlib
+    draws an RGBA picture faster than an RGB one)."""
     h, w = pictures[0].shape[:2]
     rows, step_y, step_x = -(-len(pictures) // cols), h + gap + below, w + gap
-    out = np.ones((rows * step_y - gap, cols * step_x - gap, 3), dtype=np.float32)
+    out = np.ones((rows * step_y - gap, cols * step_x - gap, 4), dtype=np.float32)
     for k, picture in enumerate(pictures):
         r, c = divmod(k, cols)
         rgb = picture if picture.ndim == 3 else picture[:, :, None]
-        out[r * step_y:r * step_y + h, c * step_x:c * step_x + w] = rgb
+        out[r * step_y:r * step_y + h, c * step_x:c * step_x + w, :3] = rgb
     return out
 
 
 LABELS = {"train": "train", "val": "validation", "test": "test"}
 
 
+def _widest_tick_label(axis) -> float:
+    """The width in inches of the widest tick label that ``axis`` will draw, from its
+    locator and formatter as they are now (the data plotted, the axes its final height)."""
+    lo, hi = sorted(axis.get_view_interval())
+    ticks = [t for t in axis.get_major_locator()() if lo <= t <= hi]
+    labels = axis.get_major_formatter().format_ticks(ticks)
+    return max((_text_size(label)[0] for label in labels), default=0.0)
+
+
 def plot_curves(history: list[dict], path) -> Path:
-    """Loss and top-1 accuracy against the epoch: train, validation (if any) and test."""
+    """Loss and top-1 accuracy against the epoch (ticks at whole epochs): train, validation
+    (if any) and test."""
     epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    width, height = 8.7, 3.9                         # inches, the figure
+    bottom = PAD + _line() + LABEL_GAP + _line() + TICK      # "epoch", the tick labels
+    top = PAD + _line("large") + TITLE_GAP
+    y, h = bottom / height, 1 - (bottom + top) / height    # of both plots, as fractions
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    ax_loss, ax_acc = axes = [fig.add_axes((0, y, 0.5, h)) for _ in range(2)]  # x: below
     for split, style in (("train", "-o"), ("val", "-^"), ("test", "-s")):
         if f"{split}_top1" not in history[0]:
             continue
@@ -76,9 +114,18 @@ def plot_curves(history: list[dict], path) -> Path:
                     label=LABELS[split], ms=3)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator("auto", integer=True, min_n_ticks=1))  # epochs
         ax.grid(alpha=0.3)
         ax.legend()
+    # Sideways, now that the y tick labels are known. Left of each plot: its y label and tick
+    # labels; right of each: half the last epoch's label (it overhangs); 0.2 inches between.
+    lefts = [_line() + LABEL_GAP + _widest_tick_label(ax.yaxis) + TICK for ax in axes]
+    right = _text_size(str(max(epochs)))[0] / 2
+    plot = (width - 2 * PAD - sum(lefts) - 2 * right - 0.2) / 2
+    x_acc = PAD + lefts[0] + plot + right + 0.2 + lefts[1]
+    ax_loss.set_position(((PAD + lefts[0]) / width, y, plot / width, h))
+    ax_acc.set_position((x_acc / width, y, plot / width, h))
     return _save(fig, path)
 
 
@@ -90,16 +137,35 @@ def confusion_matrix(labels, predicted, num_classes: int) -> np.ndarray:
 
 
 def plot_confusion(labels, predicted, classes, path) -> Path:
+    """Rows: the true class, columns: the predicted one, each cell shaded by its share of the
+    row (the colour bar); up to 20 classes the cells show their counts, up to 30 the axes
+    the class names."""
     k = len(classes)
     counts = confusion_matrix(labels, predicted, k)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = min(max(5, 0.55 * k), 30)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    names = [str(c) for c in classes] if k <= 30 else []
+    side = min(max(3.5, 0.38 * k), 21)              # the matrix, inches
+    bar = min(side / 20, 0.3)                       # the colour bar's width
+    # The margins, from the sizes of the texts around the matrix. The class names below it
+    # are turned 60 degrees and end at their column's middle; the same names beside it
+    # reach further left than any of them.
+    w, h = np.array([_text_size(n) for n in names]).reshape(-1, 2).T
+    turned = w * np.sin(np.pi / 3) + h * np.cos(np.pi / 3)          # their height
+    left = PAD + _line() + LABEL_GAP + w.max(initial=0) + TICK      # "true", the names
+    bottom = PAD + _line() + LABEL_GAP + turned.max(initial=0) + TICK
+    top = PAD + _line("large") + TITLE_GAP
+    # right of it: a gap as wide as the colour bar, the bar, its tick labels and its label
+    right = 2 * bar + TICK + _text_size("0.0")[0] + LABEL_GAP + _line() + PAD
+    width, height = left + side + right, bottom + side + top
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    ax = fig.add_axes((left / width, bottom / height, side / width, side / height))
+    cax = fig.add_axes(((left + side + bar) / width, bottom / height, bar / width,
+                        side / height))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.colorbar(image, cax=cax, label="share of the true class")
     ticks = np.arange(k)
-    ax.set_xticks(ticks, classes if k <= 30 else [], rotation=60, ha="right")
-    ax.set_yticks(ticks, classes if k <= 30 else [])
+    ax.set_xticks(ticks, names, rotation=60, ha="right")
+    ax.set_yticks(ticks, names)
     if k <= 20:
         for i in range(k):
             for j in range(k):
@@ -120,7 +186,7 @@ def plot_predictions(images, labels, predicted, classes, path, n: int = 18) -> P
     gap, below = max(2, w // 10), h * 9 // 20             # two lines of text under each
     grid = mosaic(pictures, cols, gap, below)
     width = cols * 1.4                                     # inches; the height follows
-    fig = plt.figure(figsize=(width, width * grid.shape[0] / grid.shape[1] + 0.4))
+    fig = Figure(figsize=(width, width * grid.shape[0] / grid.shape[1] + 0.4), dpi=DPI)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1 - 0.4 / fig.get_figheight()))
     ax.imshow(grid, interpolation="nearest")
     ax.axis("off")
@@ -131,7 +197,7 @@ def plot_predictions(images, labels, predicted, classes, path, n: int = 18) -> P
                 f"{classes[predicted[i]]}\n({classes[labels[i]]})", ha="center", va="top",
                 fontsize=7, color="black" if right else "red")
     fig.suptitle("predicted (true)", fontsize=9)
-    return _save(fig, path, tight=False)
+    return _save(fig, path)
 
 
 def first_conv_weight(model) -> np.ndarray:
@@ -146,13 +212,13 @@ def plot_filters(weight: np.ndarray, path) -> Path:
     f = weight.shape[0]
     cols = min(f, 16)
     rows = -(-f // cols)
-    fig = plt.figure(figsize=(cols * 0.6, rows * 0.6 + 0.4))
+    fig = Figure(figsize=(cols * 0.6, rows * 0.6 + 0.4), dpi=DPI)
     ax = fig.add_axes((0.0, 0.0, 1.0, rows * 0.6 / (rows * 0.6 + 0.4)))
     ax.imshow(mosaic([_as_picture(w) for w in weight], cols, gap=1), interpolation="nearest")
     ax.axis("off")
     fig.suptitle(f"first-layer filters ({f} x {weight.shape[1]} x {weight.shape[2]} x "
                  f"{weight.shape[3]})", fontsize=9)
-    return _save(fig, path, tight=False)
+    return _save(fig, path)
 
 
 def block_outputs(model, x) -> list[tuple[str, np.ndarray]]:
@@ -170,6 +236,13 @@ def block_outputs(model, x) -> list[tuple[str, np.ndarray]]:
     finally:
         model.train(was_training)
     return outs
+
+
+def _picture_only(ax, title: str) -> None:
+    """No axis lines or ticks around a picture, and a small title just above it (at a fixed
+    height: a title that places itself measures the hidden tick labels first)."""
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=7, y=1.0)
 
 
 def tile(maps: np.ndarray, gap: int = 1) -> np.ndarray:
@@ -191,38 +264,33 @@ def plot_feature_maps(model, image: np.ndarray, x, path, per_block: int = 8) -> 
     picture to show: its row is a bar chart of those channels' values, strongest first.
     """
     outs = block_outputs(model, x)
-    fig, axes = plt.subplots(len(outs), 2, figsize=(11, 1.5 * len(outs)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, per_block]})
-    for row, ((ax_side, ax_maps), (name, maps)) in enumerate(zip(axes, outs)):
-        ax_maps.set_label("maps")
+    fig = Figure(figsize=(11, 1.5 * len(outs)), dpi=DPI)
+    grid = fig.add_gridspec(len(outs), 2, width_ratios=[1, per_block], left=0.02, right=0.97,
+                            bottom=0.08, top=1 - 0.5 / fig.get_figheight(), hspace=0.45,
+                            wspace=0.05)
+    side = fig.add_subplot(grid[0, 0])
+    side.imshow(_as_picture(image), cmap="gray", interpolation="nearest")
+    _picture_only(side, "input")
+    for row, (name, maps) in enumerate(outs):
+        ax = fig.add_subplot(grid[row, 1], label="maps")
         means = maps.reshape(len(maps), -1).mean(axis=1)
         strongest = np.argsort(-means, kind="stable")[:per_block]
         title = f"{name}: {maps.shape[0]} maps of {maps.shape[1]}x{maps.shape[2]}; "
         if maps.shape[1:] == (1, 1):
-            ax_maps.bar(np.arange(len(strongest)), means[strongest], color="tab:green")
-            ax_maps.set_xticks(np.arange(len(strongest)), [str(c) for c in strongest],
-                               fontsize=6)
-            ax_maps.set_xlabel("channel (strongest first)", fontsize=7)
-            ax_maps.set_ylabel("activation", fontsize=7)
-            ax_maps.tick_params(axis="y", labelsize=6)
-            ax_maps.set_title(title + "the strongest channels' values", fontsize=7)
-            ax_side.axis("off")
+            ax.bar(np.arange(len(strongest)), means[strongest], color="tab:green")
+            ax.set_xticks(np.arange(len(strongest)), [str(c) for c in strongest], fontsize=6)
+            ax.set_xlabel("channel (strongest first)", fontsize=7)
+            ax.set_ylabel("activation", fontsize=7)
+            ax.tick_params(axis="y", labelsize=6)
+            ax.set_title(title + "the strongest channels' values", fontsize=7)
         else:
-            im = ax_maps.imshow(tile(maps[strongest]), cmap="viridis", interpolation="nearest",
-                                aspect="equal")
-            ax_maps.set_title(title + "channels " + ", ".join(str(c) for c in strongest)
-                              + " (strongest first)", fontsize=7)
-            ax_maps.axis("off")
-            cbar = fig.colorbar(im, ax=ax_maps, fraction=0.015, pad=0.01)
+            im = ax.imshow(tile(maps[strongest]), cmap="viridis", interpolation="nearest")
+            _picture_only(ax, title + "channels " + ", ".join(str(c) for c in strongest)
+                          + " (strongest first)")
+            cbar = fig.colorbar(im, ax=ax, fraction=0.015, pad=0.01)
             cbar.ax.tick_params(labelsize=6)
-            if row == 0:
-                ax_side.imshow(_as_picture(image), cmap="gray", interpolation="nearest")
-                ax_side.set_title("input", fontsize=7)
-            ax_side.axis("off")
     fig.suptitle("feature maps after each block (the most active channels)", fontsize=9)
-    fig.subplots_adjust(left=0.02, right=0.97, bottom=0.08, top=1 - 0.5 / fig.get_figheight(),
-                        hspace=0.45, wspace=0.05)
-    return _save(fig, path, tight=False)
+    return _save(fig, path)
 
 
 def run_plots(run_dir, run, history, test_result=None) -> list[Path]:
