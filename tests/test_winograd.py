@@ -283,3 +283,11 @@ def test_matmul_stack_equals_matmul_and_restores_blas_threads(rng):
     np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-13, atol=1e-13)
     if api is not None:
         assert api[0]() == before
+
+
+def test_gemm_blocks_cover_the_range_evenly():
+    assert blas._blocks(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert blas._blocks(1, 2) == [(0, 0), (0, 1)]
+    calls = []
+    blas._share([(1,), (2,), (3,)], calls.append)   # the first on this thread, all of them
+    assert sorted(calls) == [1, 2, 3]
