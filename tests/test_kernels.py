@@ -136,6 +136,30 @@ def test_im2col_and_col2im_equal_reference(backend, case):
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@SETTINGS
+@given(case=conv_cases())
+def test_im2col_planes_is_im2col_transposed(backend, case):
+    mod, to_dev, to_host = kernel_module(backend)
+    n, c, h, w, k, s, p = (case[key] for key in "n c h w k s p".split())
+    rng = np.random.default_rng(case["seed"])
+    x = layouts(rng.standard_normal((n, c, h, w)).astype(case["dtype"]), case["layout"])
+    expected = np.ascontiguousarray(reference.im2col(x, k, k, s, p).T)
+    assert_same(reference.im2col_planes(x, k, k, s, p), expected)
+    assert_same(to_host(mod.im2col_planes(to_dev(x), k, k, s, p)), expected)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_im2col_planes_writes_into_a_given_buffer(backend, rng):
+    mod, to_dev, to_host = kernel_module(backend)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    out = to_dev(np.full((27, 50), np.nan, dtype=np.float32))
+    assert mod.im2col_planes(to_dev(x), 3, 3, 1, 1, out=out) is out
+    assert_same(to_host(out), reference.im2col(x, 3, 3, 1, 1).T)
+    with pytest.raises(ValueError, match="im2col_planes: out must be"):
+        mod.im2col_planes(to_dev(x), 3, 3, 1, 1, out=to_dev(np.empty((50, 27), np.float32)))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_im2col_writes_into_a_given_buffer(backend, rng):
     mod, to_dev, to_host = kernel_module(backend)
     x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
@@ -350,14 +374,15 @@ def test_workspace_reuses_memory_and_replaces_what_does_not_fit():
     assert kernels.thread_workspace() is kernels.thread_workspace() is not seen[0]
 
 
-@pytest.mark.parametrize("cpu_kernels,algorithm", [("numpy", "im2col"), ("numba", "im2col"),
-                                                   ("numba", "winograd")])
-def test_conv2d_reuses_its_buffer_from_step_to_step(cpu_kernels, algorithm, rng):
+@pytest.mark.parametrize("cpu_kernels,algorithm,channels", [
+    ("numpy", "im2col", 16), ("numba", "im2col", 16), ("numba", "im2col", 3),   # 3: planes
+    ("numba", "winograd", 16)])
+def test_conv2d_reuses_its_buffer_from_step_to_step(cpu_kernels, algorithm, channels, rng):
     """The next forward writes its cols (or tiles) where the last backward's dcols were."""
     from minivgg.layers import Conv2D
     mv.set_cpu_kernels(cpu_kernels)
-    conv = Conv2D(16, 8, rng=rng, algorithm=algorithm)
-    x = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    conv = Conv2D(channels, 8, rng=rng, algorithm=algorithm)
+    x = rng.standard_normal((2, channels, 6, 6)).astype(np.float32)
     y = conv.forward(x)
     first = conv.cache.buffer
     grad = conv.weight.grad
@@ -365,6 +390,45 @@ def test_conv2d_reuses_its_buffer_from_step_to_step(cpu_kernels, algorithm, rng)
     assert conv.weight.grad is grad                   # dW written into .grad
     conv.forward(x[:1])                                # a smaller batch fits in the same memory
     assert np.shares_memory(first, conv.cache.buffer)
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_conv2d_with_few_channels_takes_planes_and_computes_the_same(rng, monkeypatch,
+                                                                     input_grad):
+    """An RGB layer on the Numba kernels writes its columns as planes (im2col transposed):
+    forward, dW, dbias and dx (dcols written over the planes' memory) as with rows."""
+    from minivgg.layers import Conv2D
+    mv.set_cpu_kernels("numba")
+    conv = Conv2D(3, 5, rng=rng, dtype=np.float64)
+    conv.input_grad = input_grad
+    x = rng.standard_normal((3, 3, 7, 6))
+    dout = rng.standard_normal((3, 5, 7, 6))
+
+    def run():
+        y = conv.forward(x)
+        layout = conv.cache.buffer.flags.c_contiguous
+        dx = conv.backward(dout)
+        return y, dx, conv.weight.grad.copy(), conv.bias.grad.copy(), layout
+
+    assert kernels.im2col_by_planes(x)
+    planes = run()
+    assert planes[-1] is False                       # column-major: the transposed planes
+    monkeypatch.setattr(kernels, "im2col_by_planes", lambda x: False)
+    rows = run()
+    assert rows[-1] is True
+    for a, b in zip(planes[:4], rows[:4]):
+        if a is None:
+            assert b is None and not input_grad
+            continue
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_planes_only_for_few_channels_on_numba():
+    mv.set_cpu_kernels("numba")
+    assert kernels.im2col_by_planes(np.zeros((1, 7, 4, 4)))
+    assert not kernels.im2col_by_planes(np.zeros((1, 8, 4, 4)))
+    mv.set_cpu_kernels("numpy")                      # the reference builds rows, as taught
+    assert not kernels.im2col_by_planes(np.zeros((1, 3, 4, 4)))
 
 
 @pytest.mark.parametrize("cpu_kernels,algorithm", [("numpy", "im2col"), ("numba", "im2col"),

@@ -27,6 +27,7 @@ from minivgg.kernels.api import (
     channel_sums,
     col2im,
     im2col,
+    im2col_planes,
     matmul,
     maxpool_backward,
     maxpool_forward,
@@ -43,6 +44,7 @@ from minivgg.kernels.batch_norm import (
 from minivgg.kernels.checks import FLOAT_DTYPES
 from minivgg.kernels.dispatch import (
     WINOGRAD_MIN_CHANNELS,
+    im2col_by_planes,
     implementation,
     winograd_implementation,
     winograd_preferred,
@@ -57,10 +59,12 @@ from minivgg.kernels.workspace import (
     thread_workspace,
 )
 
-__all__ = ["im2col", "col2im", "channel_sums", "maxpool_forward", "maxpool_backward",
+__all__ = ["im2col", "im2col_planes", "col2im", "channel_sums", "maxpool_forward",
+           "maxpool_backward",
            "relu_forward", "relu_backward", "matmul", "batchnorm_statistics",
            "batchnorm_normalize", "batchnorm_backward", "winograd_conv_forward",
            "winograd_conv_backward", "conv_output_size", "implementation",
-           "winograd_implementation", "winograd_preferred", "WINOGRAD_MIN_CHANNELS",
+           "winograd_implementation", "winograd_preferred", "im2col_by_planes",
+           "WINOGRAD_MIN_CHANNELS",
            "FLOAT_DTYPES", "Workspace", "thread_workspace", "COLUMN_BUDGET_BYTES",
            "column_budget", "set_column_budget", "images_per_chunk"]

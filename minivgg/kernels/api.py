@@ -52,6 +52,28 @@ def im2col(x, kh, kw, stride=1, pad=0, out=None):
     return cols
 
 
+def im2col_planes(x, kh, kw, stride=1, pad=0, out=None):
+    """im2col's matrix transposed, (C*kh*kw, N*OH*OW): reference.im2col_planes.
+
+    Each row is one input plane shifted by a kernel offset; Conv2D builds its columns this
+    way where ``im2col_by_planes`` says so (few input channels on the Numba kernels), and
+    multiplies its transpose. ``out``, if given, is the C-contiguous buffer written into.
+    """
+    checks.floats("im2col_planes", "x", x, ndim=4)
+    n, c, h, w = x.shape
+    oh, ow = checks.output_size("im2col_planes", (h, w), kh, kw, stride, pad)
+    shape = (c * kh * kw, n * oh * ow)
+    if out is not None:
+        checks.out_buffer("im2col_planes", out, shape, x.dtype, x)
+    impl = implementation(x)
+    if impl is reference:
+        return reference.im2col_planes(x, kh, kw, stride, pad, out=out)
+    planes = _empty(x, shape, x.dtype) if out is None else out
+    impl.im2col_planes(get_array_module(x).ascontiguousarray(x), kh, kw, stride, pad, oh, ow,
+                       planes)
+    return planes
+
+
 def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
     """Fold rows (N*OH*OW, C*kh*kw) into an image of ``x_shape``, summing overlaps.
 

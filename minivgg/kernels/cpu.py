@@ -38,8 +38,9 @@ from minivgg.kernels.blas import matmul_rows
 configure_numba_threads()  # before the first parallel kernel runs
 keep_freed_memory()        # each step's arrays reuse the last step's pages (allocator.py)
 
-__all__ = ["im2col_nhwc", "col2im_nhwc", "maxpool_forward_nhwc", "maxpool_backward_nhwc",
-           "relu_forward_flat", "relu_backward_flat", "matmul", "MAX_POOL_WINDOW",
+__all__ = ["im2col_nhwc", "im2col_planes", "col2im_nhwc", "maxpool_forward_nhwc",
+           "maxpool_backward_nhwc", "relu_forward_flat", "relu_backward_flat", "matmul",
+           "MAX_POOL_WINDOW",
            "channel_sums", "channel_moments_rows", "channel_grad_sums_rows",
            "batchnorm_normalize_rows", "batchnorm_dx_rows"]
 
@@ -100,6 +101,41 @@ def _im2col_in_column_order(x, kh, kw, stride, pad, oh, ow, cols):
                         else:
                             cols[row, col] = 0
                         col += 1
+
+
+@njit(cache=True, inline="always")
+def _inside(shift, stride, size, out_size):
+    """[lo, hi): the outputs o whose input o * stride + shift lies in [0, size)."""
+    lo = min(out_size, max(0, (stride - 1 - shift) // stride))
+    hi = max(lo, min(out_size, (size - 1 - shift) // stride + 1))
+    return lo, hi
+
+
+@njit(parallel=True, cache=True)
+def im2col_planes(x, kh, kw, stride, pad, oh, ow, planes):
+    """planes (C*kh*kw, N*OH*OW), im2col's matrix transposed, from x (N, C, H, W) in NCHW
+    memory. Row (ch, i, j) is input plane ch shifted by (i, j), so each output row of an
+    image is one contiguous run of OW values: copies LLVM vectorises, where im2col's rows
+    of 27 values (3 channels) are written one value at a time."""
+    n, c, h, w = x.shape
+    for t in prange(n * oh):
+        b, y0 = t // oh, t % oh
+        run = t * ow
+        row = 0
+        for ch in range(c):
+            for i in range(kh):
+                y = y0 * stride + i - pad
+                for j in range(kw):
+                    dst = planes[row, run:run + ow]
+                    lo, hi = _inside(j - pad, stride, w, ow) if 0 <= y < h else (0, 0)
+                    dst[:lo] = 0
+                    if stride == 1:          # a slice copy: contiguous on both sides
+                        dst[lo:hi] = x[b, ch, y, lo + j - pad:hi + j - pad]
+                    else:
+                        for ox in range(lo, hi):
+                            dst[ox] = x[b, ch, y, ox * stride + j - pad]
+                    dst[hi:] = 0
+                    row += 1
 
 
 @njit(parallel=True, cache=True)

@@ -56,3 +56,17 @@ def winograd_preferred(x) -> bool:
     if impl is reference or impl is gpu:
         return False
     return impl is _numba_kernels() and x.shape[1] >= WINOGRAD_MIN_CHANNELS
+
+
+PLANES_MAX_CHANNELS = 7
+
+
+def im2col_by_planes(x) -> bool:
+    """Whether Conv2D writes the columns of ``x`` as im2col_planes (transposed) rather than
+    as im2col's rows: with the Numba kernels, for inputs of at most 7 channels (an RGB or
+    grey image, a network's first layer). A row of such a layer holds few values from
+    scattered places (27 for 3 channels), written one at a time; the transposed matrix is
+    written a whole image row at a time, several times faster (benchmarks/results/), and
+    the GEMMs read it as fast. The reference and CUDA build rows, as the lessons teach.
+    """
+    return implementation(x) is _numba_kernels() and x.shape[1] <= PLANES_MAX_CHANNELS

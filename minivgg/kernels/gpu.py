@@ -35,11 +35,12 @@ import warnings
 
 import numpy as np
 
-from minivgg.backend import get_tf32
+from minivgg.backend import get_array_module, get_tf32
+from minivgg.kernels.layout import as_nhwc
 
-__all__ = ["im2col_nhwc", "col2im_nhwc", "maxpool_forward_nhwc", "maxpool_backward_nhwc",
-           "relu_forward_flat", "relu_backward_flat", "matmul", "channel_sums", "CUDA_SOURCE",
-           "KERNEL_NAMES", "MAX_POOL_WINDOW"]
+__all__ = ["im2col_nhwc", "im2col_planes", "col2im_nhwc", "maxpool_forward_nhwc",
+           "maxpool_backward_nhwc", "relu_forward_flat", "relu_backward_flat", "matmul",
+           "channel_sums", "CUDA_SOURCE", "KERNEL_NAMES", "MAX_POOL_WINDOW"]
 
 CUDA_SOURCE = r"""
 // Grid-stride loops over the output: `for (idx = first; idx < total; idx += stride)`.
@@ -199,6 +200,14 @@ def im2col_nhwc(x, kh, kw, stride, pad, oh, ow, cols):
     """cols (N*OH*OW, C*kh*kw) = receptive fields of x (N, H, W, C)."""
     _, h, w, c = x.shape
     _launch("im2col_nhwc", x.dtype, (x, cols), cols.size, (h, w, c, oh, ow, kh, kw, stride, pad))
+
+
+def im2col_planes(x, kh, kw, stride, pad, oh, ow, planes):
+    """planes (C*kh*kw, N*OH*OW) = im2col's rows of x (N, C, H, W), transposed: the rows
+    kernel, then one transposing copy (Conv2D asks for planes on the CPU only)."""
+    cols = get_array_module(x).empty(planes.shape[::-1], dtype=x.dtype)
+    im2col_nhwc(as_nhwc(x), kh, kw, stride, pad, oh, ow, cols)
+    planes[...] = cols.T
 
 
 def col2im_nhwc(cols, kh, kw, stride, pad, oh, ow, dx):

@@ -13,7 +13,10 @@ Images are NCHW. ``im2col`` turns every receptive field of a convolution into on
                                           col  = (c, i, j)         matches weight.reshape(F, -1)
 
 so a convolution is one matrix product, ``cols @ weight.reshape(F, -1).T``, whose result
-(N * OH * OW, F) is the output in NHWC order.
+(N * OH * OW, F) is the output in NHWC order. ``im2col_planes`` is the same matrix
+transposed, (C * kh * kw, N * OH * OW): one row per kernel tap (c, i, j), holding input
+plane c shifted by (i, j). Its rows are copies of whole image rows, which is how the Numba
+kernels build the columns of an RGB layer fastest (kernels.im2col_by_planes).
 
 Output sizes follow the floor rule (as PyTorch):  OH = (H + 2 * pad - kh) // stride + 1.
 """
@@ -28,30 +31,54 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0, out=None):
-    """Unfold the receptive fields of ``x`` (N, C, H, W) into rows: (N*OH*OW, C*kh*kw).
+def _windows(x, kh: int, kw: int, stride: int, pad: int):
+    """Every receptive field of ``x`` (N, C, H, W) as a (N, C, kh, kw, OH, OW) array.
 
     The loop runs over the kh * kw kernel offsets, not over the output pixels: offset
     (i, j) of every window is one strided slice of the padded image, so there are only
     kh * kw slice copies, each of them a whole (N, C, OH, OW) block.
-
-    ``out``, if given, is a (N*OH*OW, C*kh*kw) array to write the rows into (a layer reuses
-    one buffer from step to step instead of asking the OS for fresh pages each time).
     """
     n, c, h, w = x.shape
     oh = conv_output_size(h, kh, stride, pad)
     ow = conv_output_size(w, kw, stride, pad)
     padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
-    cols = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    windows = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, i, j] = padded[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
-    # (N, C, kh, kw, OH, OW) -> (N, OH, OW, C, kh, kw) -> rows of receptive fields
-    rows = cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, c * kh * kw)
+            windows[:, :, i, j] = padded[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+    return windows
+
+
+def _into(out, a):
+    """``a``, or ``a`` copied into ``out`` when one is given."""
     if out is None:
-        return rows
-    out[...] = rows
+        return a
+    out[...] = a
     return out
+
+
+def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0, out=None):
+    """Unfold the receptive fields of ``x`` (N, C, H, W) into rows: (N*OH*OW, C*kh*kw).
+
+    ``out``, if given, is a (N*OH*OW, C*kh*kw) array to write the rows into (a layer reuses
+    one buffer from step to step instead of asking the OS for fresh pages each time).
+    """
+    windows = _windows(x, kh, kw, stride, pad)
+    n, c, _, _, oh, ow = windows.shape
+    # (N, C, kh, kw, OH, OW) -> (N, OH, OW, C, kh, kw) -> rows of receptive fields
+    return _into(out, windows.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, c * kh * kw))
+
+
+def im2col_planes(x, kh: int, kw: int, stride: int = 1, pad: int = 0, out=None):
+    """im2col's matrix transposed: (C*kh*kw, N*OH*OW), ``im2col(x).T`` in C order.
+
+    Row (c, i, j) is input plane c of every image, shifted by the kernel offset (i, j) (and
+    strided): the same numbers as im2col's, in an order that copies whole image rows.
+    """
+    windows = _windows(x, kh, kw, stride, pad)
+    n, c, _, _, oh, ow = windows.shape
+    # (N, C, kh, kw, OH, OW) -> (C, kh, kw, N, OH, OW) -> one row per kernel tap
+    return _into(out, windows.transpose(1, 2, 3, 0, 4, 5).reshape(c * kh * kw, n * oh * ow))
 
 
 def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):

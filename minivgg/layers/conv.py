@@ -25,6 +25,13 @@ class _Cache(NamedTuple):
     y_shape: tuple          # the gradient backward accepts has this shape
 
 
+def _as_rows(cols):
+    """The memory of ``cols`` as a C-contiguous array of its shape, for dcols to be written
+    over the columns once backward has used them: ``cols`` itself, or the memory of the
+    transposed planes (``Conv2D._columns``) read as rows."""
+    return cols if cols.flags.c_contiguous else cols.T.reshape(cols.shape)
+
+
 def _positive_int(name, value):
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"Conv2D: {name} must be a positive integer, got {value!r}")
@@ -167,10 +174,12 @@ class Conv2D(Layer):
                        f"(input {h}x{w}, padding {p})")
         self._check_dtype(x, self.weight.data)
 
-    def _buffer(self, key, shape, x):
+    def _buffer(self, key, shape, x, shared=False):
         """The scratch buffer for ``key``: this layer's own while gradients are on (backward
-        reads it), else the thread's, shared by every layer (nothing outlives the call)."""
-        workspace = self._workspace if grad_enabled() else kernels.thread_workspace()
+        reads it), else (or if ``shared``) the thread's, shared by every layer (nothing
+        outlives the call)."""
+        own = grad_enabled() and not shared
+        workspace = self._workspace if own else kernels.thread_workspace()
         return workspace.buffer(f"conv2d-{key}", shape, x.dtype, get_array_module(x))
 
     def images_per_chunk(self, x) -> int:
@@ -188,15 +197,13 @@ class Conv2D(Layer):
         chunk's columns from x (kept instead of them), so memory stays bounded in training
         too, for the price of a second im2col.
         """
-        n, c, _, _ = x.shape
-        k, s, p, f = self.kernel_size, self.stride, self.padding, self.out_channels
+        n, f = x.shape[0], self.out_channels
         _, oh, ow = self.output_shape(x.shape[1:])
         wm = self.weight.data.reshape(f, -1).T
         bias = None if self.bias is None else self.bias.data       # added to every row
         chunk = self.images_per_chunk(x)
         if chunk >= n:
-            cols = kernels.im2col(x, k, k, s, p,
-                                  out=self._buffer("cols", (n * oh * ow, c * k * k), x))
+            cols = self._columns(x)
             y = kernels.matmul(cols, wm, bias=bias)                      # (N*OH*OW, F)
             cache = ("im2col", cols)
         else:
@@ -217,12 +224,24 @@ class Conv2D(Layer):
     def _chunk_columns(self, part):
         """im2col of one chunk, into the thread's scratch: chunks keep nothing between calls,
         so every layer shares one budget-sized buffer, in training as in inference."""
-        n, c = part.shape[:2]
+        return self._columns(part, shared=True)
+
+    def _columns(self, x, shared=False):
+        """im2col(x), (N*OH*OW, C*k*k), in the column buffer (``_buffer``).
+
+        With few input channels on the Numba kernels (``kernels.im2col_by_planes``: the RGB
+        first layer) the matrix is written transposed, one shifted input plane per row
+        (``kernels.im2col_planes``), and returned as the transpose of that: the same
+        matrix in column-major memory, which the GEMMs read as they read rows.
+        """
+        n, c = x.shape[:2]
         k, s, p = self.kernel_size, self.stride, self.padding
-        _, oh, ow = self.output_shape(part.shape[1:])
-        buffer = kernels.thread_workspace().buffer("conv2d-cols", (n * oh * ow, c * k * k),
-                                                   part.dtype, get_array_module(part))
-        return kernels.im2col(part, k, k, s, p, out=buffer)
+        _, oh, ow = self.output_shape(x.shape[1:])
+        shape = (n * oh * ow, c * k * k)
+        buffer = self._buffer("cols", shape, x, shared)
+        if kernels.im2col_by_planes(x):
+            return kernels.im2col_planes(x, k, k, s, p, out=buffer.reshape(shape[::-1])).T
+        return kernels.im2col(x, k, k, s, p, out=buffer)
 
     def _forward_winograd(self, x):
         """y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A for every tile (kernels/winograd.py)."""
@@ -279,7 +298,7 @@ class Conv2D(Layer):
             dy_part = dy[start * rows:(start + len(part)) * rows]
             dwm += kernels.matmul(dy_part.T, cols)
             if dx is not None:
-                dcols = kernels.matmul(dy_part, wm, out=cols)
+                dcols = kernels.matmul(dy_part, wm, out=_as_rows(cols))
                 dx[start:start + len(part)] = kernels.col2im(dcols, part.shape, k, k, s, p)
         self.weight.grad[...] = dwm.reshape(self.weight.grad.shape)
         return dx
@@ -294,7 +313,7 @@ class Conv2D(Layer):
             grad[...] = kernels.matmul(dy.T, cols).reshape(grad.shape)
         if not self.input_grad:
             return None
-        dcols = kernels.matmul(dy, self.weight.data.reshape(f, -1), out=cols)
+        dcols = kernels.matmul(dy, self.weight.data.reshape(f, -1), out=_as_rows(cols))
         return kernels.col2im(dcols, cache.x_shape, k, k, s, p)
 
     def _backward_winograd(self, dout, cache):
