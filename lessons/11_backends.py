@@ -173,7 +173,9 @@ say("""
     everywhere, or Winograd where the package measured it faster
     (kernels.winograd_preferred): F(4x4, 3x3) on maps of 3x3 and larger (36
     multiplications per 4 x 4 output tile instead of 144), F(2x2, 3x3) on 2x2 maps (16
-    per 2 x 2 tile instead of 36).
+    per 2 x 2 tile instead of 36). An RGB first layer stays on im2col, but on Numba its
+    matrix is written transposed, one shifted input plane per row
+    (kernels.im2col_by_planes): 27-value rows are slow to gather, whole image rows fast.
     The results agree: im2col bit for bit across backends, Winograd to float32 rounding.
 """)
 

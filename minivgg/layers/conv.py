@@ -85,6 +85,9 @@ class Conv2D(Layer):
     only), or "auto" (the default: Winograd where it applies with the Numba kernels
     and >= 16 input channels, where it is faster on the benchmark; im2col elsewhere). Both
     agree to rounding; Winograd keeps its transformed input tiles instead of ``cols``.
+    With few input channels on Numba (``kernels.im2col_by_planes``: an RGB first layer)
+    ``cols`` is written transposed and used as its transpose (``_columns``): the same
+    matrix, in column-major memory.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
