@@ -363,10 +363,17 @@ def main():
                     help="train im2col and Winograd from the same start; print both losses")
     ap.add_argument("--tag", default="", help="suffix for the results file name")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--max-load", type=float, default=0.3,
+                    help="refuse to start above this 1-minute load average")
     ap.add_argument("--worker-memory", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker_memory:
         return worker_memory(args.worker_memory[0], int(args.worker_memory[1]))
+    load_at_start = os.getloadavg()        # before anything here adds to it (torch's import)
+    if load_at_start[0] > args.max_load:
+        raise SystemExit(f"1-minute load average {load_at_start[0]:.2f} > {args.max_load}: "
+                         "the machine is busy; a busy host slows PyTorch's threads more than "
+                         "minivgg's and flatters the ratio. Wait, or pass --max-load.")
 
     batches = args.batch or ([64] if args.quick else [64, 128])
     rounds = args.rounds or (2 if args.quick else 5)
@@ -379,7 +386,7 @@ def main():
                 profile_numba_step(b, name)
     losses = compare_losses(batches[0], args.loss_steps) if args.loss_steps else None
 
-    rows, load = [], {"before": os.getloadavg()}
+    rows, load = [], {"before": load_at_start}
     for batch in batches:
         speeds, gpu = time_interleaved(variants, batch, rounds, args.steps)
         load[f"after batch {batch}"] = os.getloadavg()

@@ -14,6 +14,7 @@ export NUMBA_THREADING_LAYER=workqueue MPLBACKEND=Agg
 "$PY" -c "import cupy" 2>/dev/null || "$PY" -m pip install -q -e ".[dev,gpu]"
 "$PY" -c "from minivgg.backend import cupy_problem as p; print('probe:', p() or 'CuPy runs')"
 "$PY" -m pytest -q -m gpu tests 2>&1 | tail -25
-"$PY" benchmarks/bench_vgg.py --batch 256 --rounds 3 --tag gpu-b256 --variants \
+# --max-load: the tests above just loaded the host's cores; the GPU's speed is not the host's
+"$PY" benchmarks/bench_vgg.py --batch 256 --rounds 3 --tag gpu-b256 --max-load 100 --variants \
     minivgg:cupy torch:nchw torch:channels_last \
     minivgg:cupy+tf32 torch:nchw+tf32 torch:channels_last+tf32
