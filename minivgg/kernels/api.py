@@ -33,17 +33,23 @@ def _empty(like, shape, dtype):
 
 # -- convolution by im2col ------------------------------------------------------------------
 
+def _column_shape(who, x, kh, kw, stride, pad, out, transposed=False):
+    """Check x (N, C, H, W) and ``out``; (OH, OW, the column matrix's shape): im2col's rows
+    (N*OH*OW, C*kh*kw), or their transpose."""
+    checks.floats(who, "x", x, ndim=4)
+    n, c, h, w = x.shape
+    oh, ow = checks.output_size(who, (h, w), kh, kw, stride, pad)
+    shape = (c * kh * kw, n * oh * ow) if transposed else (n * oh * ow, c * kh * kw)
+    if out is not None:
+        checks.out_buffer(who, out, shape, x.dtype, x)
+    return oh, ow, shape
+
 def im2col(x, kh, kw, stride=1, pad=0, out=None):
     """Receptive fields of ``x`` (N, C, H, W) as rows (N*OH*OW, C*kh*kw): reference.im2col.
 
     ``out``, if given, is the C-contiguous buffer the rows are written into (and returned).
     """
-    checks.floats("im2col", "x", x, ndim=4)
-    n, c, h, w = x.shape
-    oh, ow = checks.output_size("im2col", (h, w), kh, kw, stride, pad)
-    shape = (n * oh * ow, c * kh * kw)
-    if out is not None:
-        checks.out_buffer("im2col", out, shape, x.dtype, x)
+    oh, ow, shape = _column_shape("im2col", x, kh, kw, stride, pad, out)
     impl = implementation(x)
     if impl is reference:
         return reference.im2col(x, kh, kw, stride, pad, out=out)
@@ -59,12 +65,8 @@ def im2col_planes(x, kh, kw, stride=1, pad=0, out=None):
     way where ``im2col_by_planes`` says so (few input channels on the Numba kernels), and
     multiplies its transpose. ``out``, if given, is the C-contiguous buffer written into.
     """
-    checks.floats("im2col_planes", "x", x, ndim=4)
-    n, c, h, w = x.shape
-    oh, ow = checks.output_size("im2col_planes", (h, w), kh, kw, stride, pad)
-    shape = (c * kh * kw, n * oh * ow)
-    if out is not None:
-        checks.out_buffer("im2col_planes", out, shape, x.dtype, x)
+    oh, ow, shape = _column_shape("im2col_planes", x, kh, kw, stride, pad, out,
+                                  transposed=True)
     impl = implementation(x)
     if impl is reference:
         return reference.im2col_planes(x, kh, kw, stride, pad, out=out)
