@@ -44,8 +44,6 @@ import threading
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from minivgg import checkpoint, files
 from minivgg.backend import get_array_module
 from minivgg.checkpoint import NonFiniteState, Progress, RunFacts
@@ -210,6 +208,8 @@ class Trainer:
 
     def _run_epoch(self, on_step) -> bool:
         """Train the rest of the current epoch; False if stopped by a signal mid-epoch."""
+        from tqdm import tqdm   # here, not at the top: importing tqdm costs 20 ms of start-up
+
         loader, n = self.train_loader, len(self.train_loader)
         loader.set_epoch(self.epoch)
         bar = tqdm(total=n, initial=self.batch, disable=not self.progress, leave=False,
