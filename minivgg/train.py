@@ -208,7 +208,7 @@ class Trainer:
 
     def _run_epoch(self, on_step) -> bool:
         """Train the rest of the current epoch; False if stopped by a signal mid-epoch."""
-        from tqdm import tqdm   # here, not at the top: importing tqdm costs 20 ms of start-up
+        from tqdm import tqdm  # here, not at the top: importing tqdm costs 20 ms of start-up
 
         loader, n = self.train_loader, len(self.train_loader)
         loader.set_epoch(self.epoch)

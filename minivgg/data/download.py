@@ -113,7 +113,7 @@ def _remove_stale(dest: Path, md5: str | None) -> str:
 
 def _fetch(url: str, out, timeout: float, progress: bool) -> str:
     """Stream ``url`` into the open file ``out``; return the MD5 of what was received."""
-    from tqdm import tqdm   # imported when a download happens, not at every start-up
+    from tqdm import tqdm  # imported when a download happens, not at every start-up
 
     digest = hashlib.md5()
     received = 0
