@@ -246,9 +246,10 @@ def test_matmul_equals_reference(backend, dtype, shape, rng):
         got = to_host(mod.matmul(to_dev(left), to_dev(b)))
         assert got.dtype == dtype and got.shape == (m, n)
         assert np.all(np.abs(got - expected) <= bound)
-    out = to_dev(np.full((m, n), np.nan, dtype=dtype))
-    assert mod.matmul(to_dev(a), to_dev(b), out=out) is out
-    assert np.all(np.abs(to_host(out) - expected) <= bound)
+    for left in (a, np.ascontiguousarray(a.T).T):              # "long" + column-major: the
+        out = to_dev(np.full((m, n), np.nan, dtype=dtype))      # product is done transposed
+        assert mod.matmul(to_dev(left), to_dev(b), out=out) is out
+        assert np.all(np.abs(to_host(out) - expected) <= bound)
     bias = rng.standard_normal(n).astype(dtype)                # a layer's x @ W + b
     for left in (a, np.ascontiguousarray(a.T).T):
         got = to_host(mod.matmul(to_dev(left), to_dev(b), bias=to_dev(bias)))
