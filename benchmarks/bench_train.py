@@ -21,8 +21,12 @@ The sides alternate for ``--rounds`` rounds; the table quotes the median and ran
 side's wall time and of the ratio (PyTorch's time / minivgg's: above 1 means minivgg is
 faster), and "train+eval", the time inside the epochs only (without start-up and figures).
 A run refuses to start above --max-load (1-minute load average): on a busy host PyTorch's
-threads slow down far more than minivgg's, which flatters the ratio.
-Writes results/train-<cpu>-<date>.json with the machine, versions, date and load.
+threads slow down far more than minivgg's, which flatters the ratio. The CPU time the
+host stole meanwhile (another guest on our cores, invisible to the load average) is
+recorded beside it (hoststate.py). An untimed one-epoch minivgg run goes first, so that
+the rounds load the compiled kernels from Numba's cache (the first run after an install
+compiles them, about 25 s; ``--no-warmup`` skips it).
+Writes results/train-<cpu>-<date>.json with the machine, versions, date, load and steal.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from hoststate import cpu_times, steal_percent
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-subset"
@@ -161,6 +167,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-load", type=float, default=0.3)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="skip the untimed one-epoch minivgg run that fills the Numba cache")
     ap.add_argument("--side", choices=["torch"], help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -171,11 +179,16 @@ def main() -> None:
     if load > args.max_load:
         raise SystemExit(f"1-minute load average {load:.2f} > {args.max_load}: the machine is "
                          "busy and the ratio would be wrong; try again when it is quiet")
+    if not args.no_warmup:              # untimed: loads (or, after an install, compiles)
+        run_side("minivgg", args.data_dir, 1, args.seed)      # the Numba kernels' cache
+    start = cpu_times()
     runs = {"minivgg": [], "torch": []}
     for r in range(args.rounds):
         for side in ("minivgg", "torch"):
+            before = cpu_times()
             result = run_side(side, args.data_dir, args.epochs, args.seed)
             result["load_before"] = round(os.getloadavg()[0], 2)
+            result["cpu_steal_percent"] = steal_percent(before)
             runs[side].append(result)
             print(f"round {r + 1}: {side:8s} {result['wall_s']:6.1f} s end to end, "
                   f"{result['train_eval_s']:6.1f} s in the epochs", flush=True)
@@ -189,7 +202,8 @@ def main() -> None:
         "what": f"default `minivgg train` for {args.epochs} epochs vs the same recipe in "
                 "PyTorch, each a fresh process, wall time",
         "date": date.today().isoformat(), "machine": cpu_name(), "cores": os.cpu_count(),
-        "load_at_start": round(load, 2), "data_dir": str(args.data_dir),
+        "load_at_start": round(load, 2), "cpu_steal_percent": steal_percent(start),
+        "data_dir": str(args.data_dir),
         "epochs": args.epochs, "rounds": args.rounds,
         "versions": {"python": platform.python_version(), "numpy": numpy.__version__,
                      "numba": numba.__version__, "torch": torch.__version__},
@@ -205,7 +219,8 @@ def main() -> None:
     e, t = result["ratio_end_to_end"], result["ratio_train_eval"]
     print(f"ratio (PyTorch time / minivgg time): end to end {e['median']:.2f}x "
           f"({e['min']:.2f}-{e['max']:.2f}), in the epochs {t['median']:.2f}x "
-          f"({t['min']:.2f}-{t['max']:.2f}); load at start {load:.2f}")
+          f"({t['min']:.2f}-{t['max']:.2f}); load at start {load:.2f}, CPU time stolen by the "
+          f"host {result['cpu_steal_percent']}%")
     if not args.no_save:
         name = cpu_name().lower().replace("(r)", "").replace(" ", "-")
         path = ROOT / "benchmarks" / "results" / f"train-{name}-{result['date']}.json"

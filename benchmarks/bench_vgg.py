@@ -43,6 +43,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from hoststate import cpu_times, steal_percent  # noqa: E402
+
 CONFIG_A = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 LR, MOMENTUM = 0.01, 0.9
 
@@ -420,10 +423,12 @@ def main():
                 profile_numba_step(b, name)
     losses = compare_losses(batches[0], args.loss_steps) if args.loss_steps else None
 
-    rows, load = [], {"before": load_at_start}
+    rows, load, steal = [], {"before": load_at_start}, {}
     for batch in batches:
+        start = cpu_times()
         speeds, gpu = time_interleaved(variants, batch, rounds, args.steps)
         load[f"after batch {batch}"] = os.getloadavg()
+        steal[f"batch {batch}"] = steal_percent(start)
         for v in variants:
             memory = measure_memory(v, batch)
             for mode in ("train", "infer"):
@@ -447,7 +452,9 @@ def main():
 
     print(f"\nVGG-11-CIFAR (config A, 32x32, 9,225,610 parameters), float32, "
           f"{machine_info()['cpu']}, {os.cpu_count()} cores; median of {rounds} rounds; "
-          f"load average (1 min) " + ", ".join(f"{k} {v[0]:.1f}" for k, v in load.items()) + "\n")
+          f"load average (1 min) " + ", ".join(f"{k} {v[0]:.1f}" for k, v in load.items())
+          + "; CPU time stolen by the host while timing "
+          + ", ".join(f"{k} {v}%" for k, v in steal.items()) + "\n")
     print("| variant | batch | mode | img/s (min-max) | vs PyTorch best | peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -482,7 +489,8 @@ def main():
                                "momentum": MOMENTUM, "dtype": "float32",
                                "NUMBA_THREADING_LAYER":
                                    os.environ.get("NUMBA_THREADING_LAYER", "workqueue (minivgg)")},
-                  "load_average": load, "results": rows, "numba_startup": jit,
+                  "load_average": load, "cpu_steal_percent": steal, "results": rows,
+                  "numba_startup": jit,
                   "losses_im2col_vs_winograd": losses}
         path.write_text(json.dumps(record, indent=2) + "\n")
         print(f"\nwrote {path.relative_to(ROOT)}")

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_vgg import machine_info, versions  # noqa: E402
+from hoststate import cpu_times, steal_percent  # noqa: E402
 
 CONFIG_D = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
             512, 512, 512, "M"]
@@ -115,6 +116,7 @@ def main():
     if load > args.max_load:
         raise SystemExit(f"1-minute load average {load:.2f} > {args.max_load}: the machine is "
                          "busy and the ratios would be wrong; try again when it is quiet")
+    start = cpu_times()
     runners = {v: make(v, args.batch) for v in VARIANTS}
     for r in runners.values():
         r.infer()                                         # warm-up: JIT, allocator, caches
@@ -125,12 +127,13 @@ def main():
             r.infer()
             speeds[v].append(args.batch / (time.perf_counter() - t))
     del runners
+    steal = steal_percent(start)
     memory = {v: peak_memory(v, args.batch) for v in VARIANTS}
     best_torch = max(("torch:nchw", "torch:channels_last"),
                      key=lambda v: statistics.median(speeds[v]))
     rows = {}
     print(f"\nVGG-16 at 224x224, inference, batch {args.batch}, {args.rounds} rounds, "
-          f"load at start {load:.2f}\n")
+          f"load at start {load:.2f}, CPU time stolen by the host {steal}%\n")
     print("| variant | img/s (median, range) | vs PyTorch best | peak RSS MB (vs best) |")
     print("|---|---|---|---|")
     for v in VARIANTS:
@@ -149,7 +152,8 @@ def main():
             k += 1
             path = path.with_name(f"vgg16-{cpu}-{date.today()}-run{k}.json")
         record = {"date": date.today().isoformat(), "machine": machine_info(),
-                  "versions": versions(), "load_at_start": load, "batch": args.batch,
+                  "versions": versions(), "load_at_start": load, "cpu_steal_percent": steal,
+                  "batch": args.batch,
                   "rounds": args.rounds, "torch_best": best_torch, "results": rows}
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,36 @@
+"""How much of the CPU the host took from this machine while a benchmark ran.
+
+On a virtual machine the hypervisor may run another guest on our cores; the time it takes
+shows up as *steal* in /proc/stat (Linux). The load average does not see it, yet it slows
+PyTorch's synchronised worker threads more than minivgg's, so a benchmark records it next
+to the load:
+
+    start = cpu_times()
+    ...                                  # the benchmark
+    steal = steal_percent(start)         # % of CPU time stolen since start; None off Linux
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies summed over all CPUs since boot, or None without /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    values = [int(v) for v in fields[1:]]     # user nice system idle iowait irq softirq steal
+    steal = values[7] if len(values) > 7 else 0
+    return steal, sum(values[:8])
+
+
+def steal_percent(start: tuple[int, int] | None) -> float | None:
+    """Percent of all CPU time stolen by the host since ``start`` (from cpu_times())."""
+    end = cpu_times()
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return round(100.0 * (end[0] - start[0]) / (end[1] - start[1]), 2)
