@@ -311,21 +311,19 @@ def measure_jit(repeats=3):
         probe, floor = Path(cache) / "jit_probe.py", Path(cache) / "numba_floor.py"
         probe.write_text(JIT_PROBE)
         floor.write_text(FLOOR_PROBE)
-        run(floor, env)                                  # compile the floor's function once
-        result, warm = {}, []
-        for label in ["cold"] + ["warm"] * repeats:
+        def start_up():
             (imp, first), wall = run(probe, env)
-            record = {"import_s": float(imp), "first_step_s": float(first), "process_s": wall}
-            if label == "cold":
-                result["cold"] = record
-            else:
-                warm.append(record)
-                (floor_s,), _ = run(floor, env)
-                record["numba_floor_s"] = float(floor_s)
+            return {"import_s": float(imp), "first_step_s": float(first), "process_s": wall}
+
+        run(floor, env)                                  # compile the floor's function once
+        cold = start_up()                                # compiles every kernel
+        warm = []
+        for _ in range(repeats):
+            warm.append(start_up())
+            (floor_s,), _ = run(floor, env)
+            warm[-1]["numba_floor_s"] = float(floor_s)
         warm.sort(key=lambda r: r["import_s"] + r["first_step_s"])
-        result["warm"] = warm[len(warm) // 2]
-        result["warm_runs"] = warm
-        return result
+        return {"cold": cold, "warm": warm[len(warm) // 2], "warm_runs": warm}
 
 
 # -- context and report --------------------------------------------------------------------------
