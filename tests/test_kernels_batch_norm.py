@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_kernels import KERNEL_BACKENDS, SETTINGS, kernel_module, layouts
 
-from minivgg import backend
+from minivgg import backend, kernels
 from minivgg.kernels import reference
 
 TOL = {np.float64: dict(rtol=1e-11, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-5)}
@@ -75,6 +75,79 @@ def test_batchnorm_kernels_equal_reference(backend_name, case):
     for g, r in zip(got[1:], want[1:]):           # dgamma, dbeta: sums over N*H*W values
         np.testing.assert_allclose(host(g), r, rtol=TOL[dtype]["rtol"] * 10,
                                    atol=TOL[dtype]["atol"] * n * h * w)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", *KERNEL_BACKENDS])
+@SETTINGS
+@given(case=bn_cases())
+def test_relu_fused_into_batch_norm_equals_batch_norm_then_relu(backend_name, case):
+    """relu=True: forward is the reference's batch norm, then its ReLU; backward is the
+    ReLU's backward (with the reference's mask of y), then batch norm's."""
+    if backend_name == "numpy":
+        from minivgg import kernels as k
+        backend.set_cpu_kernels("numpy")
+        dev = host = np.asarray
+    else:
+        k, dev, host = kernel_module(backend_name)
+    rng = np.random.default_rng(case["seed"])
+    n, c, h, w, dtype = (case[key] for key in ("n", "c", "h", "w", "dtype"))
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    dout = rng.standard_normal((n, c, h, w)).astype(dtype)
+    mean, inv_std, gamma, beta = (rng.standard_normal(c).astype(dtype) for _ in range(4))
+    inv_std = np.abs(inv_std) + dtype(0.5)
+    ref_y, ref_xhat = reference.batchnorm_normalize(x, mean, inv_std, gamma, beta)
+    ref_y, mask = reference.relu_forward(ref_y)
+    want = reference.batchnorm_backward(reference.relu_backward(dout, mask), ref_xhat, gamma,
+                                        inv_std, case["batch_statistics"])
+
+    y, xhat = k.batchnorm_normalize(dev(layouts(x, case["layout"])), dev(mean), dev(inv_std),
+                                    dev(gamma), dev(beta), relu=True)
+    close(host(y), ref_y, dtype)
+    close(host(xhat), ref_xhat, dtype)
+    assert (host(y) >= 0).all()
+    np.testing.assert_array_equal(host(k.batchnorm_normalize(
+        dev(x), dev(mean), dev(inv_std), dev(gamma), dev(beta), keep_xhat=False,
+        relu=True)[0]), host(y))
+    got = k.batchnorm_backward(dev(layouts(dout, case["layout"])), xhat, dev(gamma),
+                               dev(inv_std), case["batch_statistics"], relu=True,
+                               beta=dev(beta))
+    scale = np.abs(want[0]).max() + 1.0
+    np.testing.assert_allclose(host(got[0]), want[0], rtol=0, atol=TOL[dtype]["atol"] * scale)
+    for g, r in zip(got[1:], want[1:]):
+        np.testing.assert_allclose(host(g), r, rtol=TOL[dtype]["rtol"] * 10,
+                                   atol=TOL[dtype]["atol"] * n * h * w)
+
+
+@pytest.mark.parametrize("backend_name", KERNEL_BACKENDS)
+def test_fused_relu_gives_the_same_bits_as_the_relu_kernels(backend_name, rng):
+    """On one backend, batch norm with relu=True and batch norm followed by that backend's
+    own ReLU kernels compute the same numbers exactly, both ways (the mask recomputed from
+    xhat is the mask of y), so fusing them changes no result."""
+    k, dev, host = kernel_module(backend_name)
+    x, dout = (dev(layouts(rng.standard_normal((4, 6, 5, 7)).astype(np.float32), "nhwc"))
+               for _ in range(2))
+    mean, var = k.batchnorm_statistics(x)
+    inv_std = 1 / (var + 1e-5) ** 0.5
+    gamma, beta = (dev(rng.standard_normal(6).astype(np.float32)) for _ in range(2))
+    y, xhat = k.batchnorm_normalize(x, mean, inv_std, gamma, beta)
+    y, mask = k.relu_forward(y)
+    fused_y, fused_xhat = k.batchnorm_normalize(x, mean, inv_std, gamma, beta, relu=True)
+    np.testing.assert_array_equal(host(fused_y), host(y))
+    np.testing.assert_array_equal(host(fused_xhat), host(xhat))
+    for batch_statistics in (True, False):
+        want = k.batchnorm_backward(k.relu_backward(dout, mask), xhat, gamma, inv_std,
+                                    batch_statistics)
+        got = k.batchnorm_backward(dout, xhat, gamma, inv_std, batch_statistics, relu=True,
+                                   beta=beta)
+        for g, r in zip(got, want):
+            np.testing.assert_array_equal(host(g), host(r))
+
+
+def test_fused_relu_needs_beta():
+    x = np.ones((1, 2, 2, 2), np.float32)
+    v = np.ones(2, np.float32)
+    with pytest.raises(ValueError, match="batchnorm_backward: relu=True needs beta"):
+        kernels.batchnorm_backward(x, x, v, v, True, relu=True)
 
 
 @pytest.mark.parametrize("backend_name", KERNEL_BACKENDS)

@@ -173,3 +173,25 @@ def test_correct_layers_pass_the_same_checks(rng):
     check_layer(_f64(Conv2D(2, 3, rng=rng), rng), rng.standard_normal((2, 2, 5, 5)))
     check_layer(MaxPool2D(2, 2), (rng.permutation(2 * 2 * 6 * 6) * 0.1).reshape(2, 2, 6, 6))
     check_layer(_f64(Dense(4, 4, rng=rng, std=1.0), rng), rng.standard_normal((3, 4)))
+
+
+def test_a_fused_relu_left_out_of_batch_norms_backward_is_caught(rng, monkeypatch):
+    """Sequential(BatchNorm2D, ReLU) on Numba runs as one fused pass; a backward that
+    forgets the ReLU's mask (relu=False) must fail the check, the correct one pass."""
+    from minivgg import backend, kernels
+    from minivgg.layers import BatchNorm2D
+    monkeypatch.setattr(backend, "_cpu_kernels", "numba")
+    bn = BatchNorm2D(3).astype(np.float64)
+    bn.beta.data[:] = [0.3, -0.4, 0.2]
+    model = Sequential(bn, ReLU())
+    x = rng.standard_normal((4, 3, 3, 3))
+    check_layer(model, x)
+    assert model._fused == {1}
+    correct = kernels.batchnorm_backward
+
+    def forgets_the_relu(*args, **kwargs):
+        return correct(*args, **{**kwargs, "relu": False})
+
+    monkeypatch.setattr(kernels, "batchnorm_backward", forgets_the_relu)
+    with pytest.raises(AssertionError, match="gradient check failed for Sequential"):
+        check_layer(model, x)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from minivgg import backend
+from minivgg.distributed import SingleProcess
 from minivgg.gradcheck import check_layer
-from minivgg.layers import BatchNorm2D, LocalResponseNorm
+from minivgg.layers import BatchNorm2D, Dropout, LocalResponseNorm, ReLU, SyncBatchNorm2D
 from minivgg.models import Sequential
 
 TOL = 1e-7
@@ -120,6 +122,72 @@ def test_bn_gradients(rng, shape):
     x = rng.standard_normal(shape) * 3 + 2
     errors = check_layer(layer, x, tol=TOL)
     assert set(errors) == {"input", "gamma", "beta"}
+
+
+# -- batch norm with the ReLU after it fused (Sequential, on the Numba kernels) ------------------
+
+def bn_relu_input(rng, layer, shape, margin=0.05):
+    """x whose batch-norm outputs all stay ``margin`` away from the ReLU's kink at 0, so
+    the finite differences (steps of 1e-6) never cross it."""
+    for _ in range(100):
+        x = rng.standard_normal(shape) * 3 + 2
+        if np.abs(layer.forward(x, training=True)).min() > margin:
+            layer.cache = None
+            return x
+    raise AssertionError("no input away from the kink found")
+
+
+@pytest.mark.parametrize("kernels", ["numpy", "numba"])
+def test_bn_with_relu_fused_gradients(rng, kernels, monkeypatch):
+    """Sequential(BatchNorm2D, ReLU): fused into one pass on Numba, two layers on NumPy;
+    float64 gradients against finite differences either way, for x, gamma and beta."""
+    monkeypatch.setattr(backend, "_cpu_kernels", kernels)
+    bn = bn64(3, rng)
+    model = Sequential(bn, ReLU())
+    x = bn_relu_input(rng, bn, (4, 3, 3, 3))
+    model.forward(x, training=True)
+    assert model._fused == ({1} if kernels == "numba" else set())
+    errors = check_layer(model, x, tol=TOL)
+    assert set(errors) == {"input", "0.gamma", "0.beta"}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_bn_relu_gives_the_numbers_of_the_two_layers(rng, training, monkeypatch):
+    """On Numba, Sequential runs batch norm and its ReLU as one pass; the output and every
+    gradient are exactly those of the two layers called one after the other."""
+    monkeypatch.setattr(backend, "_cpu_kernels", "numba")
+    x = rng.standard_normal((4, 5, 6, 6)).astype(np.float32)
+    dout = rng.standard_normal((4, 5, 6, 6)).astype(np.float32)
+    results = []
+    for fused in (True, False):
+        bn, relu = BatchNorm2D(5), ReLU(inplace=True)
+        bn.gamma.data[:] = np.linspace(-1.5, 1.5, 5)
+        bn.beta.data[:] = np.linspace(0.5, -0.5, 5)
+        if fused:
+            model = Sequential(bn, relu)
+            y = model.forward(x, training)
+            assert model._fused == {1} and relu.cache is None
+            dx = model.backward(dout)
+        else:
+            y = relu.forward(bn.forward(x, training), training)
+            dx = bn.backward(relu.backward(dout))
+        results.append((y, dx, bn.gamma.grad.copy(), bn.beta.grad.copy(),
+                        bn.running_mean.copy(), bn.running_var.copy()))
+    for got, want in zip(*results):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_bn_relu_are_not_fused_for_a_subclass_or_another_activation(rng, monkeypatch):
+    """Only exactly BatchNorm2D then ReLU: SyncBatchNorm2D has its own forward, and a
+    layer between the two (or after neither) leaves every layer to run on its own."""
+    monkeypatch.setattr(backend, "_cpu_kernels", "numba")
+    x = rng.standard_normal((2, 3, 4, 4))
+    sync = SyncBatchNorm2D.from_batch_norm(bn64(3, rng), SingleProcess())
+    for model in (Sequential(sync, ReLU()), Sequential(bn64(3, rng), Dropout(0.0), ReLU()),
+                  Sequential(ReLU(), bn64(3, rng))):
+        model.forward(x, training=True)
+        assert model._fused == set()
+        model.backward(np.ones_like(x))
 
 
 def test_bn_parameters_buffers_and_state(rng):

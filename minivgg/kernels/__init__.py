@@ -40,6 +40,7 @@ from minivgg.kernels.batch_norm import (
     batchnorm_backward,
     batchnorm_normalize,
     batchnorm_statistics,
+    fuses_bn_relu,
 )
 from minivgg.kernels.checks import FLOAT_DTYPES
 from minivgg.kernels.dispatch import (
@@ -62,7 +63,7 @@ from minivgg.kernels.workspace import (
 __all__ = ["im2col", "im2col_planes", "col2im", "channel_sums", "maxpool_forward",
            "maxpool_backward",
            "relu_forward", "relu_backward", "matmul", "batchnorm_statistics",
-           "batchnorm_normalize", "batchnorm_backward", "winograd_conv_forward",
+           "batchnorm_normalize", "batchnorm_backward", "fuses_bn_relu", "winograd_conv_forward",
            "winograd_conv_backward", "conv_output_size", "implementation",
            "winograd_implementation", "winograd_preferred", "im2col_by_planes",
            "WINOGRAD_MIN_CHANNELS",

@@ -9,6 +9,13 @@ batch as M = N*H*W rows of C channels:
     batchnorm_normalize(x, mean, inv_std, gamma, beta) -> y, xhat         like x
     batchnorm_backward(dout, xhat, gamma, inv_std, batch_statistics) -> dx, dgamma, dbeta
 
+Both take ``relu=True`` for batch norm followed by a ReLU: y = max(gamma * xhat + beta, 0),
+and backward first lets dout through only where that value was positive. The mask is not
+kept: backward recomputes gamma * xhat + beta from xhat, the same arithmetic on the same
+numbers, so it is the mask forward applied. The Numba loops do it in the passes they make
+anyway (``fuses_bn_relu``): per batch norm and ReLU in training, four passes over the
+activations and the ReLU's mask fewer. Elsewhere it is batch norm, then the ReLU kernels.
+
 Why not the reference's array expressions everywhere: in NumPy each is several
 whole-array passes with a temporary per operation (``x - mu``, its square, the mean, ...),
 and a reduction over axes (0, 2, 3) of NHWC memory walks it with large strides. The Numba
@@ -26,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivgg.backend import get_array_module
-from minivgg.kernels import checks, gpu, gpu_channels, reference
+from minivgg.kernels import api, checks, gpu, gpu_channels, reference
 from minivgg.kernels.dispatch import implementation
 from minivgg.kernels.layout import as_nhwc, nchw
 
@@ -80,8 +87,16 @@ def batchnorm_statistics(x):
     return (shift + mean_shifted).astype(x.dtype), var.astype(x.dtype)
 
 
-def batchnorm_normalize(x, mean, inv_std, gamma, beta, keep_xhat: bool = True):
-    """``(y, xhat)``: xhat = (x - mean) * inv_std, y = gamma * xhat + beta, per channel.
+def fuses_bn_relu(x) -> bool:
+    """Whether batch norm with ``relu=True`` costs no extra pass for ``x``: the Numba
+    loops apply the ReLU as they write y (and its gradient as they read dout)."""
+    return implementation(x) not in (reference, gpu)
+
+
+def batchnorm_normalize(x, mean, inv_std, gamma, beta, keep_xhat: bool = True,
+                        relu: bool = False):
+    """``(y, xhat)``: xhat = (x - mean) * inv_std, y = gamma * xhat + beta, per channel;
+    y = max(y, 0) with ``relu`` (a NaN passes, as in relu_forward).
 
     ``xhat`` is None when ``keep_xhat`` is False (evaluation without gradients).
     """
@@ -91,46 +106,56 @@ def batchnorm_normalize(x, mean, inv_std, gamma, beta, keep_xhat: bool = True):
     mean, inv_std, gamma, beta = _per_channel(who, x.shape[1], x.dtype, mean=mean,
                                               inv_std=inv_std, gamma=gamma, beta=beta)
     impl = implementation(x)
-    if impl is reference:
-        y, xhat = reference.batchnorm_normalize(x, mean, inv_std, gamma, beta)
+    if impl is reference or impl is gpu:
+        if impl is reference:
+            y, xhat = reference.batchnorm_normalize(x, mean, inv_std, gamma, beta)
+        else:
+            y, xhat = gpu_channels.batchnorm_normalize_rows(_rows(x), mean, inv_std, gamma,
+                                                            beta, keep_xhat)
+            y, xhat = _image(y, x), (None if xhat is None else _image(xhat, x))
+        if relu:                                          # the ReLU as its own pass
+            y = api.relu_forward(y, inplace=True)[0]
         return y, (xhat if keep_xhat else None)
-    rows = _rows(x)
-    if impl is gpu:
-        y, xhat = gpu_channels.batchnorm_normalize_rows(rows, mean, inv_std, gamma, beta,
-                                                        keep_xhat)
-        return _image(y, x), (None if xhat is None else _image(xhat, x))
     n, c, h, w = x.shape
     y = np.empty((n, h, w, c), dtype=x.dtype)
     xhat = np.empty_like(y) if keep_xhat else y          # y as xhat: xhat is overwritten
-    impl.batchnorm_normalize_rows(rows, mean, inv_std, gamma, beta,
+    impl.batchnorm_normalize_rows(_rows(x), mean, inv_std, gamma, beta, relu,
                                   y.reshape(-1, c), xhat.reshape(-1, c))
     return nchw(y), (nchw(xhat) if keep_xhat else None)
 
 
-def batchnorm_backward(dout, xhat, gamma, inv_std, batch_statistics: bool):
+def batchnorm_backward(dout, xhat, gamma, inv_std, batch_statistics: bool,
+                       relu: bool = False, beta=None):
     """``(dx, dgamma, dbeta)`` from the upstream gradient and forward's ``xhat``.
 
     ``batch_statistics``: True when forward normalised with the batch's own mean and
-    variance (training), False for the running statistics (evaluation).
+    variance (training), False for the running statistics (evaluation). ``relu``: forward
+    applied the ReLU (``relu=True``) with this ``beta``; dout is the gradient of its output.
     """
     who = "batchnorm_backward"
     checks.floats(who, "dout", dout, ndim=4)
     checks.floats(who, "xhat", xhat, ndim=4)
     checks.shape(who, "dout", dout, xhat.shape, "the shape of forward's output")
     checks.same_dtype(who, dout=dout, xhat=xhat)
-    checks.same_device(who, dout=dout, xhat=xhat, gamma=gamma, inv_std=inv_std)
-    gamma, inv_std = _per_channel(who, dout.shape[1], dout.dtype, gamma=gamma,
-                                  inv_std=inv_std)
+    if relu and beta is None:
+        raise ValueError(f"{who}: relu=True needs beta (the ReLU's mask is recomputed from "
+                         "gamma * xhat + beta)")
+    beta = gamma if beta is None else beta               # not read without the ReLU
+    checks.same_device(who, dout=dout, xhat=xhat, gamma=gamma, inv_std=inv_std, beta=beta)
+    gamma, inv_std, beta = _per_channel(who, dout.shape[1], dout.dtype, gamma=gamma,
+                                        inv_std=inv_std, beta=beta)
     impl = implementation(dout)
-    if impl is reference:
-        return reference.batchnorm_backward(dout, xhat, gamma, inv_std, batch_statistics)
-    g, xh = _rows(dout), _rows(xhat)
-    if impl is gpu:
-        dx, dgamma, dbeta = gpu_channels.batchnorm_backward_rows(g, xh, gamma, inv_std,
-                                                                 batch_statistics)
+    if impl is reference or impl is gpu:
+        if relu:                                          # the ReLU's backward first
+            dout = api.relu_backward(dout, reference.batchnorm_relu_mask(xhat, gamma, beta))
+        if impl is reference:
+            return reference.batchnorm_backward(dout, xhat, gamma, inv_std, batch_statistics)
+        dx, dgamma, dbeta = gpu_channels.batchnorm_backward_rows(
+            _rows(dout), _rows(xhat), gamma, inv_std, batch_statistics)
         return _image(dx, dout), dgamma, dbeta
+    g, xh = _rows(dout), _rows(xhat)
     m, c = g.shape
-    dbeta, dgamma = _block_sums(impl.channel_grad_sums_rows, g, xh)
+    dbeta, dgamma = _block_sums(impl.channel_grad_sums_rows, g, xh, gamma, beta, relu)
     # dx = a * dout + b + c_ * xhat: the reference's formula, its per-channel factors
     # gathered (scale / M * (M * dout - dbeta - xhat * dgamma)).
     scale = gamma.astype(np.float64) * inv_std
@@ -141,5 +166,5 @@ def batchnorm_backward(dout, xhat, gamma, inv_std, batch_statistics: bool):
         b = c_ = np.zeros(c, dtype=dout.dtype)
     n, _, h, w = dout.shape
     dx = np.empty((n, h, w, c), dtype=dout.dtype)
-    impl.batchnorm_dx_rows(g, xh, a, b, c_, dx.reshape(-1, c))
+    impl.batchnorm_dx_rows(g, xh, gamma, beta, relu, a, b, c_, dx.reshape(-1, c))
     return nchw(dx), dgamma.astype(dout.dtype), dbeta.astype(dout.dtype)

@@ -289,9 +289,17 @@ def channel_moments_rows(x, shift, sums):
                 s2[ch] += v * v
 
 
+@njit(inline="always")
+def _relu_passes(h, gamma, beta, relu):
+    """Whether the ReLU fused after batch norm let gamma * h + beta through (always, if the
+    ReLU is not fused): the mask it used, recomputed from xhat by the same arithmetic."""
+    return not relu or gamma * h + beta > 0
+
+
 @njit(parallel=True, cache=True)
-def channel_grad_sums_rows(dout, xhat, sums):
-    """sums[t, 0] = sum of dout (dbeta), sums[t, 1] = sum of dout * xhat (dgamma), block t."""
+def channel_grad_sums_rows(dout, xhat, gamma, beta, relu, sums):
+    """sums[t, 0] = sum of dout (dbeta), sums[t, 1] = sum of dout * xhat (dgamma), block t;
+    with ``relu``, dout counts only where the fused ReLU passed the value."""
     m, c = dout.shape
     blocks = sums.shape[0]
     step = (m + blocks - 1) // blocks
@@ -301,29 +309,38 @@ def channel_grad_sums_rows(dout, xhat, sums):
         s2[:] = 0.0
         for i in range(t * step, min(m, (t + 1) * step)):
             for ch in range(c):
-                g = np.float64(dout[i, ch])
+                h = xhat[i, ch]
+                g = np.float64(dout[i, ch]) if _relu_passes(h, gamma[ch], beta[ch], relu) \
+                    else 0.0
                 s1[ch] += g
-                s2[ch] += g * xhat[i, ch]
+                s2[ch] += g * h
 
 
 @njit(parallel=True, cache=True)
-def batchnorm_normalize_rows(x, mean, inv_std, gamma, beta, y, xhat):
-    """xhat = (x - mean) * inv_std, then y = gamma * xhat + beta (pass y as xhat to skip it)."""
+def batchnorm_normalize_rows(x, mean, inv_std, gamma, beta, relu, y, xhat):
+    """xhat = (x - mean) * inv_std, then y = gamma * xhat + beta, and y = max(y, 0) if
+    ``relu`` (the ReLU fused: one pass instead of two). Pass y as xhat to skip it."""
     m, c = x.shape
     for i in prange(m):
         for ch in range(c):
             h = (x[i, ch] - mean[ch]) * inv_std[ch]
             xhat[i, ch] = h
-            y[i, ch] = gamma[ch] * h + beta[ch]
+            v = gamma[ch] * h + beta[ch]
+            y[i, ch] = 0 if relu and v <= 0 else v    # NaN is not <= 0: it passes, as in ReLU
 
 
 @njit(parallel=True, cache=True)
-def batchnorm_dx_rows(dout, xhat, a, b, c_, dx):
-    """dx = a * dout + b + c_ * xhat, per column (batch_norm.py derives a, b, c_)."""
+def batchnorm_dx_rows(dout, xhat, gamma, beta, relu, a, b, c_, dx):
+    """dx = a * dout + b + c_ * xhat, per column (batch_norm.py derives a, b, c_); with
+    ``relu``, dout is 0 where the fused ReLU cut the value (the a * dout term drops)."""
     m, c = dout.shape
     for i in prange(m):
         for ch in range(c):
-            dx[i, ch] = a[ch] * dout[i, ch] + b[ch] + c_[ch] * xhat[i, ch]
+            h = xhat[i, ch]
+            if _relu_passes(h, gamma[ch], beta[ch], relu):
+                dx[i, ch] = a[ch] * dout[i, ch] + b[ch] + c_[ch] * h
+            else:                               # the same sum with a * 0 = 0 left out
+                dx[i, ch] = b[ch] + c_[ch] * h
 
 
 def matmul(a, b, out, bias=None):

@@ -192,6 +192,15 @@ def batchnorm_normalize(x, mean, inv_std, gamma, beta):
     return per_channel(gamma) * xhat + per_channel(beta), xhat
 
 
+def batchnorm_relu_mask(xhat, gamma, beta):
+    """Where a ReLU after batch norm passes its input: ``gamma * xhat + beta > 0``, the
+    mask relu_forward takes of batch norm's output, recomputed from xhat (so batch norm
+    with a fused ReLU needs to keep nothing more)."""
+    def per_channel(v):
+        return v.reshape(1, -1, 1, 1)
+    return per_channel(gamma) * xhat + per_channel(beta) > 0
+
+
 def batchnorm_backward(dout, xhat, gamma, inv_std, batch_statistics: bool):
     """Gradients of batch norm: ``(dx, dgamma, dbeta)``, with sums over (N, H, W).
 

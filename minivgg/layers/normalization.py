@@ -103,6 +103,13 @@ class BatchNorm2D(Layer):
     gamma and beta are Parameters without weight decay; running_mean and running_var are
     buffers (``named_buffers()``), saved by ``state_dict()``.
 
+    ``forward(x, relu=True)`` returns max(y, 0): batch norm and the ReLU after it in one
+    pass. Its backward takes the upstream gradient of that output, zeroes it where
+    gamma * xhat + beta <= 0 (the ReLU's mask, recomputed from the cached xhat: nothing
+    more is kept) and goes on as above. Sequential does this for every BatchNorm2D that a
+    ReLU follows, where the kernels fuse the two (``kernels.fuses_bn_relu``: Numba);
+    the ReLU layer is then skipped, and the numbers are the same as the two layers'.
+
     The arithmetic runs in minivgg.kernels (kernels/batch_norm.py): its reference is the
     math above in NumPy; the Numba loops compute each sum in one pass over NHWC memory.
     """
@@ -133,7 +140,7 @@ class BatchNorm2D(Layer):
                        f"{tuple(x.shape)} with {x.shape[1]}")
         self._check_dtype(x, self.gamma.data)
 
-    def forward(self, x, training=None):
+    def forward(self, x, training=None, relu: bool = False):
         self._check_nchw(x)
         xp = get_array_module(x)
         if not self._is_training(training):
@@ -149,16 +156,18 @@ class BatchNorm2D(Layer):
             self.running_var[...] = (1 - mom) * self.running_var + mom * var * (m / (m - 1))
         inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)
         y, xhat = kernels.batchnorm_normalize(x, mean, inv_std, self.gamma.data,
-                                              self.beta.data, keep_xhat=grad_enabled())
-        self._keep((self._is_training(training), xhat, inv_std))
+                                              self.beta.data, keep_xhat=grad_enabled(),
+                                              relu=relu)
+        self._keep((self._is_training(training), xhat, inv_std, relu))
         return y
 
     def backward(self, dout):
-        batch_statistics, xhat, inv_std = self._cached(self.cache)
+        batch_statistics, xhat, inv_std, relu = self._cached(self.cache)
         self._check_grad(dout, xhat.shape)
         self.cache = None
         dx, dgamma, dbeta = kernels.batchnorm_backward(dout, xhat, self.gamma.data, inv_std,
-                                                       batch_statistics)
+                                                       batch_statistics, relu=relu,
+                                                       beta=self.beta.data)
         self.beta.grad[...] = dbeta
         self.gamma.grad[...] = dgamma
         return dx
