@@ -45,7 +45,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from hoststate import cpu_times, steal_percent
+from hoststate import cpu_times, numba_threading_layer, steal_percent
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-subset"
@@ -207,6 +207,7 @@ def main() -> None:
         "epochs": args.epochs, "rounds": args.rounds,
         "versions": {"python": platform.python_version(), "numpy": numpy.__version__,
                      "numba": numba.__version__, "torch": torch.__version__},
+        "numba_threading_layer": numba_threading_layer(),
         "runs": runs,
         "wall_s": {side: summary([r["wall_s"] for r in rs]) for side, rs in runs.items()},
         "ratio_end_to_end": summary(ratio), "ratio_train_eval": summary(inside),

@@ -14,14 +14,16 @@ algorithm), "torch:nchw" and "torch:channels_last". Built here from minivgg.laye
 benchmark does not depend on models/vgg.py. The first convolution computes no input
 gradient (neither does PyTorch's, whose input does not require a gradient).
 
-Timing: all variants live in one process and are timed in interleaved rounds (a shared VM
-drifts by 15-25 %, so a variant timed alone in a quiet minute would look better than it is);
-we quote the median images/second over rounds, with min and max. Peak memory: each variant
-runs again in its own subprocess, whose peak resident set (VmHWM, the whole process:
-interpreter, libraries, model, activations) is reported. Numba start-up: a subprocess with
-NUMBA_CACHE_DIR set to an empty directory (cold: compiles every kernel), then a second one
-with the same directory (warm: loads them from the cache), three times, each followed by
-Numba's own floor (import NumPy and Numba, call one trivial cached function).
+Timing: the variants are timed in interleaved rounds (a shared VM drifts by 15-25 %, so a
+variant timed alone in a quiet minute would look better than it is), minivgg's in one
+worker process and PyTorch's in another, taking turns (each library with its own OpenMP
+runtime and settings); we quote the median images/second over rounds, with min and max.
+Peak memory: each variant runs again in its own subprocess, whose peak resident set
+(VmHWM, the whole process: interpreter, libraries, model, activations) is reported.
+Numba start-up: a subprocess with NUMBA_CACHE_DIR set to an empty directory (cold:
+compiles every kernel), then a second one with the same directory (warm: loads them from
+the cache), three times, each followed by Numba's own floor (import NumPy and Numba, call
+one trivial cached function).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from hoststate import cpu_times, steal_percent  # noqa: E402
+from hoststate import cpu_times, numba_threading_layer, steal_percent  # noqa: E402
 
 CONFIG_A = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 LR, MOMENTUM = 0.01, 0.9
@@ -222,23 +224,71 @@ def available_variants():
 # -- measurements --------------------------------------------------------------------------------
 
 def time_interleaved(variants, batch, rounds, steps):
-    """{(variant, mode): [img/s per round]}; variants alternate inside every round."""
+    """{(variant, mode): [img/s per round]}; variants alternate inside every round.
+
+    minivgg's variants run in one worker process and PyTorch's in another, taking turns
+    round by round (the idle one waits on its stdin): each library loads its own OpenMP
+    runtime with its own settings. In one process they would share the first one loaded
+    (the same libgomp.so.1), and minivgg's short spin count (backend.py) would become
+    PyTorch's, or PyTorch's long one minivgg's.
+    """
+    groups = {}
+    for v in variants:
+        groups.setdefault(v.split(":")[0], []).append(v)
+    workers = [subprocess.Popen([sys.executable, __file__, "--worker-timing", str(batch),
+                                 str(steps), *group], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
+               for group in groups.values()]
+    try:
+        for w in workers:                               # built and warmed up
+            _reply(w)
+        speeds, gpu = {}, {}
+        for _ in range(rounds):
+            for w in workers:
+                w.stdin.write("round\n")
+                w.stdin.flush()
+                for key, value in _reply(w)["speeds"]:
+                    speeds.setdefault(tuple(key), []).append(value)
+        for w in workers:
+            w.stdin.write("done\n")
+            w.stdin.flush()
+            gpu.update(_reply(w)["gpu"])
+    finally:
+        for w in workers:
+            w.stdin.close()
+            w.wait()
+    return speeds, gpu
+
+
+def _reply(worker):
+    line = worker.stdout.readline()
+    if not line:
+        raise SystemExit(f"timing worker exited with {worker.wait()}")
+    return json.loads(line)
+
+
+def worker_timing(batch, steps, variants):
+    """Run in a fresh process: build and warm up the variants, then time one round of each
+    for every "round" read from stdin, answering one JSON line per request."""
     runners = {v: make_runner(v, batch) for v in variants}
     for r in runners.values():                      # warm-up: JIT, allocator, caches
         r.activate()
         r.train_step()
         r.infer()
-    speeds = {}
-    for _ in range(rounds):
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "round":
+            break
+        speeds = []
         for v, r in runners.items():
             r.activate()                            # settings switched before the clock
             for mode, fn, k in (("train", r.train_step, steps), ("infer", r.infer, 2 * steps)):
                 t = time.perf_counter()
                 for _ in range(k):
                     fn()
-                speeds.setdefault((v, mode), []).append(batch * k / (time.perf_counter() - t))
-    gpu = {v: r.gpu_bytes() for v, r in runners.items()}
-    return speeds, gpu
+                speeds.append(((v, mode), batch * k / (time.perf_counter() - t)))
+        print(json.dumps({"speeds": speeds}), flush=True)
+    print(json.dumps({"gpu": {v: r.gpu_bytes() for v, r in runners.items()}}), flush=True)
 
 
 def worker_memory(variant, batch):
@@ -401,9 +451,13 @@ def main():
     ap.add_argument("--max-load", type=float, default=0.3,
                     help="refuse to start above this 1-minute load average")
     ap.add_argument("--worker-memory", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-timing", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker_memory:
         return worker_memory(args.worker_memory[0], int(args.worker_memory[1]))
+    if args.worker_timing:
+        batch, steps, *variants = args.worker_timing
+        return worker_timing(int(batch), int(steps), variants)
     load_at_start = os.getloadavg()        # before anything here adds to it (torch's import)
     if load_at_start[0] > args.max_load:
         raise SystemExit(f"1-minute load average {load_at_start[0]:.2f} > {args.max_load}: "
@@ -485,8 +539,7 @@ def main():
                   "versions": versions(), "network": "VGG-11-CIFAR (config A, 32x32)",
                   "settings": {"rounds": rounds, "steps": args.steps, "lr": LR,
                                "momentum": MOMENTUM, "dtype": "float32",
-                               "NUMBA_THREADING_LAYER":
-                                   os.environ.get("NUMBA_THREADING_LAYER", "workqueue (minivgg)")},
+                               "numba_threading_layer": numba_threading_layer()},
                   "load_average": load, "cpu_steal_percent": steal, "results": rows,
                   "numba_startup": jit,
                   "losses_im2col_vs_winograd": losses}

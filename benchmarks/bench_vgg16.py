@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_vgg import machine_info, versions  # noqa: E402
-from hoststate import cpu_times, steal_percent  # noqa: E402
+from hoststate import cpu_times, numba_threading_layer, steal_percent  # noqa: E402
 
 CONFIG_D = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
             512, 512, 512, "M"]
@@ -152,7 +152,8 @@ def main():
             k += 1
             path = path.with_name(f"vgg16-{cpu}-{date.today()}-run{k}.json")
         record = {"date": date.today().isoformat(), "machine": machine_info(),
-                  "versions": versions(), "load_at_start": load, "cpu_steal_percent": steal,
+                  "versions": versions(), "numba_threading_layer": numba_threading_layer(),
+                  "load_at_start": load, "cpu_steal_percent": steal,
                   "batch": args.batch,
                   "rounds": args.rounds, "torch_best": best_torch, "results": rows}
         partial = path.with_suffix(".partial")

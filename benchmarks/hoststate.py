@@ -34,3 +34,18 @@ def steal_percent(start: tuple[int, int] | None) -> float | None:
     if start is None or end is None or end[1] <= start[1]:
         return None
     return round(100.0 * (end[0] - start[0]) / (end[1] - start[1]), 2)
+
+
+def numba_threading_layer() -> str:
+    """The threading layer a fresh minivgg process runs its Numba kernels on, in this
+    environment (minivgg's choice, backend.configure_numba_threads, unless
+    NUMBA_THREADING_LAYER says otherwise), with GOMP_SPINCOUNT where it is OpenMP."""
+    import subprocess
+    import sys
+    probe = ("import numpy as np; from minivgg.kernels import cpu; from minivgg import backend; "
+             "cpu.relu_forward_flat(np.ones(4, np.float32), np.empty(4, np.float32), "
+             "np.empty(4, np.bool_)); import numba, os; layer = numba.threading_layer(); "
+             "spin = os.environ.get('GOMP_SPINCOUNT', backend.GOMP_SPINCOUNT); "
+             "print(layer + (f' (GOMP_SPINCOUNT={spin})' if layer == 'omp' else ''))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else f"unknown ({done.stderr[-200:]})"

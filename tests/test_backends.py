@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -127,8 +128,24 @@ def test_numba_threading_layer_is_chosen_unless_the_user_did(monkeypatch):
     backend.configure_numba_threads()
     assert numba.config.THREADING_LAYER == "default"
     monkeypatch.delenv("NUMBA_THREADING_LAYER")
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     backend.configure_numba_threads()
-    assert numba.config.THREADING_LAYER == "workqueue"
+    assert numba.config.THREADING_LAYER == _expected_layer(numba)
+    assert "GOMP_SPINCOUNT" not in os.environ        # set only while OpenMP loads
+    monkeypatch.setenv("GOMP_SPINCOUNT", "77")
+    backend.configure_numba_threads()
+    assert os.environ["GOMP_SPINCOUNT"] == "77"      # the user's own is kept
+
+
+def _expected_layer(numba) -> str:
+    """GNU OpenMP with a short spin where Numba has it (Linux), else workqueue."""
+    if not sys.platform.startswith("linux"):
+        return "workqueue"
+    try:
+        from numba.np.ufunc import omppool
+    except ImportError:
+        return "workqueue"
+    return "omp" if omppool.openmp_vendor == "GNU" else "workqueue"
 
 
 # -- every layer's gradients under every backend (float64) ---------------------------------------
