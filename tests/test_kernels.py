@@ -191,6 +191,24 @@ def test_maxpool_equals_reference(backend, case):
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("k, s, h, w", [(2, 2, 7, 9), (2, 2, 8, 8), (3, 3, 10, 8), (2, 3, 8, 7),
+                                        (3, 2, 7, 7)])
+def test_maxpool_backward_writes_every_pixel(backend, k, s, h, w, rng, monkeypatch):
+    """dx comes from uninitialised memory: every pixel must be written, those in no window
+    (past the last one, or between windows) with 0. Filled with NaN here to show a miss."""
+    from minivgg.kernels import api
+    mod, to_dev, to_host = kernel_module(backend)
+    monkeypatch.setattr(api, "_empty", lambda like, shape, dtype: to_dev(
+        np.full(shape, np.nan if np.dtype(dtype).kind == "f" else 0, dtype=dtype)))
+    x = rng.permutation(2 * 3 * h * w).reshape(2, 3, h, w).astype(np.float32)  # no ties
+    out, argmax = reference.maxpool_forward(x, k, s)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    _, argmax2 = mod.maxpool_forward(to_dev(x), k, s)
+    assert_same(to_host(mod.maxpool_backward(to_dev(dout), argmax2, x.shape, k, s)),
+                reference.maxpool_backward(dout, argmax, x.shape, k, s))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("k, s", [(2, 2), (3, 2), (3, 1)])
 def test_maxpool_nan_and_ties_like_reference(backend, k, s, rng):
     """A NaN in a window wins (the first NaN), as np.argmax does; ties go to the first max."""
