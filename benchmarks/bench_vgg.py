@@ -230,11 +230,15 @@ def time_interleaved(variants, batch, rounds, steps):
     round by round (the idle one waits on its stdin): each library loads its own OpenMP
     runtime with its own settings. In one process they would share the first one loaded
     (the same libgomp.so.1), and minivgg's short spin count (backend.py) would become
-    PyTorch's, or PyTorch's long one minivgg's.
+    PyTorch's, or PyTorch's long one minivgg's. The NumPy reference gets a third process:
+    timed just before minivgg:numba in one process, its large temporaries slowed that
+    variant's training at batch 64 by up to 20 % (316 against 394 img/s for
+    numba-winograd, whose kernels differ only in the first layer; 329 and 320 without it).
     """
     groups = {}
     for v in variants:
-        groups.setdefault(v.split(":")[0], []).append(v)
+        group = "reference" if v == "minivgg:numpy" else v.split(":")[0]
+        groups.setdefault(group, []).append(v)
     workers = [subprocess.Popen([sys.executable, __file__, "--worker-timing", str(batch),
                                  str(steps), *group], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True, cwd=ROOT)
