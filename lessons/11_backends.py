@@ -312,5 +312,55 @@ ax.bar([f"{t} BLAS thread{'s' if t != '1' else ''}" for t in per_threads],
 ax.set_ylabel("ms per training step")
 ax.set_title(f"VGG-A width {width}, batch {child_batch} (load average {load:.1f})", fontsize=9)
 save(fig, OUT, FIGURES[1])
+
+# %% Waking threads: what starting a parallel kernel costs
+section("Waking threads: what starting a parallel kernel costs")
+say("""
+    Each parallel Numba kernel hands its loop to worker threads and waits for them; a
+    training step of the default network starts about a hundred such kernels, so the
+    hand-over itself counts. Numba's "workqueue" threads sleep between kernels and are
+    woken for each; OpenMP's threads spin a moment before they sleep, and start at once
+    when the next kernel follows soon. minivgg picks OpenMP where Numba has GNU's (Linux),
+    its spin cut short so that idle threads do not take the cores from the matrix products
+    between kernels (configure_numba_threads in minivgg/backend.py). Each threading layer
+    runs in a fresh process (Numba fixes it at the first parallel kernel):
+""")
+LAUNCH = """
+import time, numpy as np, numba
+from numba import njit, prange
+from minivgg.backend import configure_numba_threads
+configure_numba_threads()
+
+@njit(parallel=True)
+def add_one(a):
+    for i in prange(a.size):
+        a[i] += 1.0
+
+a = np.zeros(64)
+add_one(a)
+times = []
+for _ in range(500):
+    t = time.perf_counter()
+    add_one(a)
+    times.append(time.perf_counter() - t)
+print(numba.threading_layer(), np.median(times))
+"""
+launch = {}
+for chosen in ("minivgg", "workqueue"):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    if chosen == "workqueue":
+        env["NUMBA_THREADING_LAYER"] = "workqueue"
+    layer, seconds = subprocess.run([sys.executable, "-c", LAUNCH], env=env,
+                                    capture_output=True, text=True,
+                                    check=True).stdout.split()[-2:]
+    launch[chosen] = float(seconds)
+    print(f"   {chosen + ' picks' if chosen == 'minivgg' else 'forced':14s} {layer:9s}: "
+          f"one launch of a 64-element parallel loop takes {float(seconds) * 1e6:6.1f} us")
+print(f"   a hundred launches, as in a training step: {100 * launch['minivgg'] * 1e3:.2f} ms "
+      f"against {100 * launch['workqueue'] * 1e3:.2f} ms")
+say("""
+    Set NUMBA_THREADING_LAYER to choose yourself (a GOMP_SPINCOUNT of yours is kept).
+""")
+
 mv.set_backend("auto")
 done()

@@ -63,8 +63,9 @@ def configure_numba_threads() -> None:
     and a launch took 1.5 us. But GNU OpenMP spins 300,000 times (milliseconds) before it
     sleeps, taking the cores from the GEMM threads that run between kernels (blas.py), so
     the spin count is cut to GOMP_SPINCOUNT: threads stay awake across the short gap
-    between two kernels and no longer (default step 48.8 -> 40.4 ms, VGG-11 at batch 64
-    171 -> 162 ms; spin counts of 300-5,000 alike, 100,000 slower than workqueue).
+    between two kernels and no longer (default training step 48.8 -> 40.4 ms, VGG-11 at
+    batch 64 171 -> 162 ms; spin counts of 300-5,000 measured alike, 100,000 slower than
+    workqueue: benchmarks/results/amd-epyc-2core-2026-12-04-late-targets.md).
 
     The spin count is read once, when the OpenMP library loads (importing Numba's omppool
     loads it), so it is set only for that moment: a library that loads its own OpenMP
