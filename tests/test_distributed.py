@@ -233,10 +233,11 @@ def fit_ranks(config, run_dir, size=2, stop_at=None, resume=False):
     return ThreadGroup(size).run(rank)
 
 
-# Ranks as threads run the NumPy reference (Numba's workqueue layer refuses parallel kernels
-# launched from two threads at once). Its float32 batch-norm sums round differently in one
-# process and over two shards: ~1.2e-4 after this epoch, so sync-bn gets 3e-4 here; the
-# issue's 1e-4 is held by the real mpirun test (Numba, float64 sums) and 1e-12 in float64.
+# Ranks as threads run the NumPy reference (Numba's workqueue layer, minivgg's choice off
+# Linux, refuses parallel kernels launched from two threads at once). Its float32
+# batch-norm sums round differently in one process and over two shards: ~1.2e-4 after this
+# epoch, so sync-bn gets 3e-4 here; the 1e-4 is held by the real mpirun test
+# (Numba, float64 sums) and 1e-12 in float64.
 @pytest.mark.parametrize("kw", [{}, {"batch_norm": True, "sync_bn": True}],
                          ids=["no-bn", "sync-bn"])
 def test_distributed_trainer_matches_one_process_and_resumes_exactly(tmp_path, kw):

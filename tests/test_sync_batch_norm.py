@@ -20,8 +20,8 @@ from minivgg.layers.sync_batch_norm import convert_sync_batchnorm
 
 @pytest.fixture(autouse=True)
 def reference_kernels():
-    """Threads share the process: the NumPy reference kernels (Numba's workqueue layer
-    must not be entered from two threads at once)."""
+    """Threads share the process: the NumPy reference kernels (Numba's workqueue layer,
+    minivgg's choice off Linux, must not be entered from two threads at once)."""
     saved = backend._cpu_kernels, backend._device
     mv.set_backend("numpy")
     yield
