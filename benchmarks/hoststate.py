@@ -1,4 +1,5 @@
-"""How much of the CPU the host took from this machine while a benchmark ran.
+"""How much of the CPU the host took from this machine while a benchmark ran, and which
+threads minivgg's Numba kernels run on (both recorded beside every benchmark result).
 
 On a virtual machine the hypervisor may run another guest on our cores; the time it takes
 shows up as *steal* in /proc/stat (Linux). The load average does not see it, yet it slows
@@ -12,6 +13,8 @@ to the load:
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -40,8 +43,6 @@ def numba_threading_layer() -> str:
     """The threading layer a fresh minivgg process runs its Numba kernels on, in this
     environment (minivgg's choice, backend.configure_numba_threads, unless
     NUMBA_THREADING_LAYER says otherwise), with GOMP_SPINCOUNT where it is OpenMP."""
-    import subprocess
-    import sys
     probe = ("import numpy as np; from minivgg.kernels import cpu; from minivgg import backend; "
              "cpu.relu_forward_flat(np.ones(4, np.float32), np.empty(4, np.float32), "
              "np.empty(4, np.bool_)); import numba, os; layer = numba.threading_layer(); "
